@@ -163,14 +163,14 @@ class KeyRing:
     @property
     def signer(self) -> SigningKey:
         """The one key new tokens are signed with."""
-        if self._signer is None:
+        if not isinstance(self._signer, SigningKey):
             raise KeyRingError(f"no active {self.algorithm} signing key")
         return self._signer
 
     @property
     def sealer(self) -> SealingKey:
         """The one key new secrets are sealed with."""
-        if self._sealer is None:
+        if not isinstance(self._sealer, SealingKey):
             raise KeyRingError("no active sealing key")
         return self._sealer
 

@@ -1,0 +1,58 @@
+"""tokensvc: short-lived signed session tokens with a sealed upstream secret.
+
+The public names below are what extensions (such as ``chatkit``) may use.
+"""
+
+from tokensvc.app import Extension, build_services, make_app
+from tokensvc.auth import TokenAuthMixin
+from tokensvc.claims import SESSION, TICKET, Claims, TokenType
+from tokensvc.config import Config, load_config
+from tokensvc.errors import (
+    ApiError,
+    ConfigError,
+    InvalidRequest,
+    InvalidToken,
+    NotFound,
+    StoreUnavailable,
+    TemporarilyUnavailable,
+    TokenError,
+    TokensvcError,
+    TooManyRequests,
+    UpstreamError,
+)
+from tokensvc.redacted import Secret
+from tokensvc.revocation.base import RevocationEntry, RevocationStore
+from tokensvc.services import Services
+from tokensvc.web import BaseHandler
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "SESSION",
+    "TICKET",
+    "ApiError",
+    "BaseHandler",
+    "Claims",
+    "Config",
+    "ConfigError",
+    "Extension",
+    "InvalidRequest",
+    "InvalidToken",
+    "NotFound",
+    "RevocationEntry",
+    "RevocationStore",
+    "Secret",
+    "Services",
+    "StoreUnavailable",
+    "TemporarilyUnavailable",
+    "TokenAuthMixin",
+    "TokenError",
+    "TokenType",
+    "TokensvcError",
+    "TooManyRequests",
+    "UpstreamError",
+    "__version__",
+    "build_services",
+    "load_config",
+    "make_app",
+]

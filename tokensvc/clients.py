@@ -1,0 +1,141 @@
+"""Client authentication (HTTP Basic), per-client rate limits and the first-run client."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import math
+import os
+import secrets
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import unquote
+
+from tokensvc.config import ClientConfig
+from tokensvc.errors import ConfigError, InvalidClient, TooManyRequests
+
+__all__ = [
+    "DEFAULT_CLIENT_ID",
+    "ClientRegistry",
+    "RateLimiter",
+    "bootstrap_client",
+    "default_client_secret_path",
+]
+
+DEFAULT_CLIENT_ID = "extension"
+# Compared against when the client id is unknown, so an unknown id costs the same
+# hashing and comparison as a known one (no timing oracle for valid client ids).
+_DUMMY_DIGEST = hashlib.sha256(b"tokensvc-no-such-client").hexdigest()
+
+
+class ClientRegistry:
+    """The configured clients, and HTTP Basic authentication against them."""
+
+    def __init__(self, clients: Iterable[ClientConfig]) -> None:
+        self._clients = {c.client_id: c for c in clients}
+
+    def get(self, client_id: str) -> ClientConfig | None:
+        return self._clients.get(client_id)
+
+    def authenticate(self, authorization: str | None) -> ClientConfig:
+        """The client named by ``Authorization: Basic ...``; InvalidClient otherwise."""
+        if not authorization:
+            raise InvalidClient("no client credentials")
+        scheme, _, encoded = authorization.partition(" ")
+        if scheme.lower() != "basic" or not encoded.strip():
+            raise InvalidClient("client credentials are not HTTP Basic")
+        try:
+            decoded = base64.b64decode(encoded.strip(), validate=True).decode("utf-8")
+        except (binascii.Error, UnicodeDecodeError) as err:
+            raise InvalidClient("client credentials are not base64 UTF-8") from err
+        raw_id, sep, raw_secret = decoded.partition(":")
+        if not sep:
+            raise InvalidClient("client credentials lack a colon")
+        # RFC 6749 section 2.3.1: both parts are form-urlencoded before base64.
+        client_id, secret = unquote(raw_id), unquote(raw_secret)
+        client = self._clients.get(client_id)
+        presented = hashlib.sha256(secret.encode()).hexdigest()
+        expected = client.secret_sha256 if client is not None else _DUMMY_DIGEST
+        if not hmac.compare_digest(presented, expected) or client is None:
+            raise InvalidClient("client authentication failed")
+        return client
+
+
+@dataclass
+class _Bucket:
+    tokens: float
+    updated: float
+
+
+class RateLimiter:
+    """A token bucket per client: ``rate_limit`` requests per minute, bursts up to it.
+
+    Per process: with N workers the effective limit is up to N times the configured one.
+    """
+
+    def __init__(self, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._buckets: dict[str, _Bucket] = {}
+
+    def check(self, client: ClientConfig) -> None:
+        """Take one request from the client's bucket; TooManyRequests when empty."""
+        now = self._clock()
+        capacity = float(client.rate_limit)
+        refill_per_second = capacity / 60.0
+        bucket = self._buckets.get(client.client_id)
+        if bucket is None:
+            bucket = self._buckets[client.client_id] = _Bucket(capacity, now)
+        elapsed = max(0.0, now - bucket.updated)
+        bucket.tokens = min(capacity, bucket.tokens + elapsed * refill_per_second)
+        bucket.updated = now
+        if bucket.tokens < 1.0:
+            wait = (1.0 - bucket.tokens) / refill_per_second
+            raise TooManyRequests(
+                f"client {client.client_id} over its rate limit",
+                retry_after=max(1, math.ceil(wait)),
+            )
+        bucket.tokens -= 1.0
+
+
+def default_client_secret_path(keys_dir: Path) -> Path:
+    """Where the first-run client's secret lives: beside the key ring, mode 0600."""
+    return keys_dir / f"{DEFAULT_CLIENT_ID}.client-secret"
+
+
+def bootstrap_client(keys_dir: Path) -> tuple[ClientConfig, Path, bool]:
+    """The ``extension`` client used when none is configured.
+
+    Its secret is read from (or, on first run, written to) a 0600 file beside the key ring,
+    so the extension can read it and restarts keep the same credentials. Returns the
+    client, the file and whether it was just created.
+    """
+    path = default_client_secret_path(keys_dir)
+    created = False
+    if path.exists():
+        mode = path.stat().st_mode & 0o777
+        if mode & 0o077:
+            raise ConfigError(f"{path} is readable by group or others; run: chmod 600 {path}")
+        secret = path.read_text(encoding="utf-8").strip()
+        if len(secret) < 16:
+            raise ConfigError(f"{path} does not hold a usable client secret")
+    else:
+        keys_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        secret = secrets.token_urlsafe(32)
+        tmp = path.with_name(path.name + ".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, (secret + "\n").encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+        created = True
+    client = ClientConfig(
+        client_id=DEFAULT_CLIENT_ID,
+        secret_sha256=hashlib.sha256(secret.encode()).hexdigest(),
+    )
+    return client, path, created

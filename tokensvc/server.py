@@ -1,0 +1,208 @@
+"""``tokensvc serve``: start-up checks, one or N worker processes, reload and shutdown.
+
+Start-up order matters: configuration, key ring and clients are checked in the parent
+before any socket is bound or process forked, so a bad set-up stops with one line and
+exit status 2. With ``--workers N`` the parent binds the port once, forks N children that
+share it (Tornado's pre-fork model), forwards SIGHUP/SIGTERM/SIGINT to them and restarts a
+child that dies unexpectedly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from types import FrameType
+
+import tornado.httpserver
+import tornado.netutil
+
+from tokensvc.app import Extension, build_services, load_extensions, make_app
+from tokensvc.clients import bootstrap_client
+from tokensvc.config import Config
+from tokensvc.errors import ConfigError, KeyRingError
+from tokensvc.keyreload import KeyRingReloader
+from tokensvc.keystore import ensure_ring
+from tokensvc.providers import make_provider
+from tokensvc.revocation.factory import make_store
+
+__all__ = ["MAX_BODY_BYTES", "prepare", "run"]
+
+log = logging.getLogger("tokensvc.server")
+
+# Above every endpoint's own limit (64 KiB for /sessions, a chat message for ChatKit),
+# so those answer 413 themselves; a body past this is refused by the HTTP layer.
+MAX_BODY_BYTES = 1024 * 1024
+PASSPHRASE_ENV = "TOKENSVC_KEYS_PASSPHRASE"
+_MAX_RESTARTS = 20
+_SHUTDOWN_GRACE = 5.0
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """What the parent checked and created before serving."""
+
+    config: Config
+    passphrase: str | None
+    notices: tuple[str, ...]
+
+
+def prepare(config: Config) -> Prepared:
+    """Check keys and clients, creating first-run defaults; ConfigError on any problem."""
+    notices: list[str] = []
+    passphrase = os.environ.get(PASSPHRASE_ENV) or None
+    keys_dir = config.keys.dir
+    try:
+        _, created = ensure_ring(
+            keys_dir, algorithm=config.tokens.algorithm, passphrase=passphrase
+        )
+    except KeyRingError as err:
+        raise ConfigError(str(err)) from err
+    if created:
+        notices.append(f"created a new key ring in {keys_dir}")
+    if not config.clients:
+        client, path, made = bootstrap_client(keys_dir)
+        config = config.with_clients((client,))
+        verb = "created" if made else "using"
+        notices.append(
+            f"{verb} client '{client.client_id}'; its secret is in {path} (mode 0600)"
+        )
+    for client in config.clients:
+        if client.plain_secret:
+            log.warning(
+                "client %s has a plain secret in the config file; use secret_sha256 "
+                "outside development",
+                client.client_id,
+            )
+    return Prepared(config=config, passphrase=passphrase, notices=tuple(notices))
+
+
+def run(prepared: Prepared) -> int:
+    """Bind, fork if asked, serve until SIGTERM/SIGINT. Returns the exit status."""
+    config = prepared.config
+    sockets = tornado.netutil.bind_sockets(config.server.port, config.server.host)
+    port = sockets[0].getsockname()[1]
+    host = config.server.host
+    url_host = f"[{host}]" if ":" in host else host
+    url = f"http://{url_host}:{port}"
+    for notice in prepared.notices:
+        print(notice, flush=True)
+    if config.server.workers == 1:
+        return asyncio.run(_serve(prepared, sockets, url, announce=True))
+    return _supervise(prepared, sockets, url)
+
+
+async def _serve(
+    prepared: Prepared, sockets: Sequence[object], url: str, *, announce: bool
+) -> int:
+    config = prepared.config
+    reloader = KeyRingReloader(
+        config.keys.dir,
+        algorithm=config.tokens.algorithm,
+        passphrase=prepared.passphrase,
+        interval=config.keys.reload_interval,
+    )
+    store = make_store(config)
+    provider = make_provider(config.secrets)
+    services = build_services(
+        config, ring=reloader.current, revocations=store, provider=provider
+    )
+    services.readiness["key_ring"] = reloader.health
+    extensions: list[Extension] = load_extensions(config)
+    await store.start()
+    for extension in extensions:
+        await extension.start(services)
+    app = make_app(services, extensions)
+    server = tornado.httpserver.HTTPServer(
+        app, max_body_size=MAX_BODY_BYTES, idle_connection_timeout=3600
+    )
+    server.add_sockets(sockets)  # type: ignore[arg-type]
+    reloader.start()
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, lambda: reloader.check(force=True))
+    if announce:
+        print(f"tokensvc listening on {url}", flush=True)
+    log.info("serving on %s (pid %d)", url, os.getpid())
+    await stop.wait()
+
+    log.info("shutting down")
+    server.stop()
+    reloader.stop()
+    for extension in extensions:
+        await extension.close()
+    try:
+        await asyncio.wait_for(server.close_all_connections(), _SHUTDOWN_GRACE)
+    except TimeoutError:
+        log.warning("connections still open after %.0f s; closing anyway", _SHUTDOWN_GRACE)
+    await provider.close()
+    await store.close()
+    return 0
+
+
+def _supervise(prepared: Prepared, sockets: Sequence[object], url: str) -> int:
+    """Fork the workers, forward signals, restart crashed ones, and wait."""
+    workers = prepared.config.server.workers
+    children: dict[int, int] = {}  # pid -> worker index
+    stopping = False
+
+    def start_worker(index: int) -> None:
+        pid = os.fork()
+        if pid == 0:
+            # Child: default signal dispositions, then serve on the shared sockets.
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                signal.signal(sig, signal.SIG_DFL)
+            code = 1
+            try:
+                code = asyncio.run(_serve(prepared, sockets, url, announce=False))
+            except BaseException:  # noqa: BLE001 - a child must never return into the parent
+                log.exception("worker %d failed", index)
+            finally:
+                os._exit(code)
+        children[pid] = index
+
+    def forward(signum: int, _frame: FrameType | None) -> None:
+        nonlocal stopping
+        if signum in (signal.SIGTERM, signal.SIGINT):
+            stopping = True
+        for pid in list(children):
+            try:
+                os.kill(pid, signum)
+            except ProcessLookupError:
+                pass
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, forward)
+    for index in range(workers):
+        start_worker(index)
+    print(f"tokensvc listening on {url} ({workers} workers)", flush=True)
+
+    restarts = 0
+    while children:
+        try:
+            pid, status = os.wait()
+        except ChildProcessError:
+            break
+        except InterruptedError:  # pragma: no cover - PEP 475 retries os.wait
+            continue
+        index = children.pop(pid, -1)
+        if index < 0 or stopping:
+            continue
+        code = os.waitstatus_to_exitcode(status)
+        if restarts >= _MAX_RESTARTS:
+            log.error("worker %d exited (%d); too many restarts, stopping", index, code)
+            forward(signal.SIGTERM, None)
+            continue
+        restarts += 1
+        log.warning("worker %d exited (%d); restarting", index, code)
+        time.sleep(min(1.0, 0.1 * restarts))
+        start_worker(index)
+    return 0
+
