@@ -254,10 +254,15 @@ class ReadyHandler(BaseHandler):
             "keys": "ok" if services.ring().usable else "no usable key ring",
             "revocation": "ok" if services.revocations.ready else "not in sync",
         }
+        failing = [name for name, value in checks.items() if value != "ok"]
         for name, check in services.readiness.items():
-            ok, reason = check()
-            checks[name] = "ok" if ok else reason
-        if all(value == "ok" for value in checks.values()):
+            # A check may pass with a warning (e.g. a broken ring on disk while the last
+            # good ring keeps serving): it is reported but does not make the process unready.
+            ok, detail = check()
+            checks[name] = detail or ("ok" if ok else "failing")
+            if not ok:
+                failing.append(name)
+        if not failing:
             self.write_json({"status": "ready", "checks": checks})
             return
         self.set_header("Retry-After", "1")

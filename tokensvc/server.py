@@ -111,7 +111,10 @@ async def _serve(
     services = build_services(
         config, ring=reloader.current, revocations=store, provider=provider
     )
-    services.readiness["key_ring"] = reloader.health
+    services.readiness["key_ring_on_disk"] = lambda: (
+        True,
+        "ok" if reloader.status == "ok" else "invalid on disk; serving the last good ring",
+    )
     extensions: list[Extension] = load_extensions(config)
     await store.start()
     for extension in extensions:

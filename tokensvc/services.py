@@ -32,5 +32,5 @@ class Services:
     provider: SecretProvider
     clock: Callable[[], float]
     metrics: Metrics = field(default_factory=Metrics)
-    # Extra readiness checks (e.g. the key ring reloader): name -> (ok, reason).
+    # Extra readiness checks (e.g. the key ring on disk): name -> (ready, detail).
     readiness: dict[str, Callable[[], tuple[bool, str]]] = field(default_factory=dict)

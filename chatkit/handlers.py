@@ -1,0 +1,242 @@
+"""The ChatKit routes. Every one is protected by tokensvc's TokenAuthMixin, nothing else."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import secrets
+from typing import TYPE_CHECKING, Any
+
+from tornado.iostream import StreamClosedError
+
+from chatkit.sse import encode_comment, encode_event, parse_last_event_id
+from chatkit.threads import SubscriptionClosed, Thread, follow, message_event_data
+from tokensvc import (
+    BaseHandler,
+    InvalidRequest,
+    NotFound,
+    StoreUnavailable,
+    TokenAuthMixin,
+)
+
+if TYPE_CHECKING:
+    from chatkit.extension import ChatkitState
+
+__all__ = [
+    "ChatkitSessionHandler",
+    "EventsHandler",
+    "MessagesHandler",
+    "ThreadHandler",
+    "ThreadsHandler",
+]
+
+log = logging.getLogger("chatkit")
+
+MAX_MESSAGE_CHARS = 32768
+# Sent once, this long before the stream's token expires, so the page can refresh ahead.
+TOKEN_EXPIRING_LEAD = 30.0
+# How long the browser waits before reconnecting by itself (EventSource "retry:").
+RECONNECT_MS = 2000
+
+
+class ChatkitHandler(TokenAuthMixin, BaseHandler):
+    """Base of the ChatKit routes: scope ``chatkit`` and the extension's shared state."""
+
+    required_scope = "chatkit"
+    state: ChatkitState
+
+    def initialize(self, **kwargs: Any) -> None:
+        super().initialize()
+        self.state = kwargs["state"]
+
+    async def owned_thread(self, thread_id: str) -> Thread:
+        """The thread if it is this subject's; 404 alike for missing and foreign ones."""
+        thread = await self.state.threads.get_thread(thread_id, self.claims.sub)
+        if thread is None:
+            raise NotFound("no such thread for this subject")
+        return thread
+
+
+class ChatkitSessionHandler(ChatkitHandler):
+    """``POST /chatkit/session``: a hosted ChatKit client secret from the upstream."""
+
+    async def post(self) -> None:
+        secret = self.upstream_secret()
+        config = self.services.config.chatkit
+        session = await self.state.upstream.create_chatkit_session(
+            secret, config.workflow_id, self.claims.sub
+        )
+        self.no_store()
+        self.write_json(
+            {"client_secret": session["client_secret"], "expires_at": session["expires_at"]}
+        )
+
+
+class ThreadsHandler(ChatkitHandler):
+    """``POST /chatkit/threads``: a new thread owned by the token's subject."""
+
+    async def post(self) -> None:
+        thread_id = await self.state.threads.create_thread(self.claims.sub)
+        self.write_json({"id": thread_id}, status=201)
+
+
+class ThreadHandler(ChatkitHandler):
+    """``GET /chatkit/threads/{id}``: the thread and its messages."""
+
+    async def get(self, thread_id: str) -> None:
+        thread = await self.owned_thread(thread_id)
+        self.write_json(
+            {
+                "id": thread.id,
+                "messages": [message_event_data(m) for m in thread.messages],
+            }
+        )
+
+
+class MessagesHandler(ChatkitHandler):
+    """``POST /chatkit/threads/{id}/messages``: add a user message, stream the reply."""
+
+    async def post(self, thread_id: str) -> None:
+        body = self.json_body()
+        text = body.get("text")
+        if set(body) != {"text"} or not isinstance(text, str):
+            raise InvalidRequest("body must be {\"text\": str}")
+        if not 1 <= len(text) <= MAX_MESSAGE_CHARS:
+            raise InvalidRequest(f"text must be 1..{MAX_MESSAGE_CHARS} characters")
+        await self.owned_thread(thread_id)
+        secret = self.upstream_secret()
+        message = await self.state.threads.add_message(thread_id, self.claims.sub, "user", text)
+        response_id = "resp_" + secrets.token_urlsafe(12)
+        self.state.replies.start(self.claims, thread_id, response_id, secret)
+        self.write_json({"message_id": message.id, "response_id": response_id}, status=202)
+
+
+class EventsHandler(ChatkitHandler):
+    """``GET /chatkit/threads/{id}/events``: the thread as Server-Sent Events.
+
+    Authenticated by a Bearer session token or by ``?access_token=<stream ticket>`` (what
+    a browser's EventSource can send). The stream lives until the token behind it expires
+    (``token_expiring`` about 30 s before, then ``session_expired``), until a revocation
+    matches it (``revoked``, within a second, in any process), or until the client leaves.
+    """
+
+    accepts_query_token = True
+
+    _closing_event: str | None = None
+
+    async def get(self, thread_id: str) -> None:
+        await self.owned_thread(thread_id)
+        registry = self.state.streams
+        stream = registry.open(self.claims, self._on_revoked)
+        try:
+            await self._stream(thread_id)
+        finally:
+            registry.close(stream)
+
+    def _on_revoked(self) -> None:
+        self._closing_event = "revoked"
+        subscription = getattr(self, "_subscription", None)
+        if subscription is not None:
+            subscription.close()  # wakes the pending get() at once
+
+    def on_connection_close(self) -> None:
+        self._closing_event = self._closing_event or "disconnected"
+        subscription = getattr(self, "_subscription", None)
+        if subscription is not None:
+            subscription.close()
+
+    def _last_event_id(self) -> int | None:
+        # The header is what EventSource sends on its own reconnects; the query parameter
+        # is for a page that reconnects with a fresh ticket (a new URL has no header).
+        header = self.request.headers.get("Last-Event-ID")
+        if header is not None:
+            return parse_last_event_id(header)
+        values = self.request.query_arguments.get("last_event_id", [])
+        if len(values) == 1:
+            return parse_last_event_id(values[0].decode("ascii", errors="replace"))
+        return None
+
+    async def _stream(self, thread_id: str) -> None:
+        services = self.services
+        claims = self.claims
+        heartbeat = services.config.chatkit.heartbeat
+        stream_end = claims.session_exp
+        warned = False
+
+        self.set_status(200)
+        self.set_header("Content-Type", "text/event-stream; charset=utf-8")
+        self.set_header("Cache-Control", "no-store")
+        self.set_header("X-Accel-Buffering", "no")
+        self.clear_header("Pragma")
+        last_id = self._last_event_id()
+        # Control events (token_expiring, revoked, ...) are not thread events; they repeat
+        # the id of the last thread event sent, so every event has an id and a reconnect's
+        # Last-Event-ID still points at the right place in the thread.
+        self._last_sent_id = last_id or 0
+        self._subscription = await follow(self.state.threads, thread_id, last_id)
+        try:
+            if not await self._send(f"retry: {RECONNECT_MS}\n\n".encode()):
+                return
+            while self._closing_event is None:
+                now = services.clock()
+                if now >= stream_end:
+                    self._closing_event = "session_expired"
+                    break
+                if not warned and now >= stream_end - TOKEN_EXPIRING_LEAD:
+                    warned = True
+                    if not await self._control("token_expiring", {"expires_at": int(stream_end)}):
+                        return
+                until_warning = stream_end - TOKEN_EXPIRING_LEAD - now
+                wait = min(heartbeat, stream_end - now)
+                if not warned and until_warning > 0:
+                    wait = min(wait, until_warning)
+                try:
+                    event = await self._subscription.get(timeout=max(0.01, wait))
+                except SubscriptionClosed:
+                    break
+                if event is None:
+                    # Quiet period: keep proxies from timing out, and re-check the
+                    # revocation list in case a notification was missed.
+                    if not self._still_valid() or not await self._send(encode_comment("ping")):
+                        break
+                    continue
+                frame = encode_event(json.dumps(event.data), event=event.kind, id=str(event.id))
+                if not await self._send(frame):
+                    return
+                self._last_sent_id = event.id
+            if self._closing_event in ("revoked", "session_expired"):
+                await self._control(self._closing_event, {})
+            elif self._closing_event == "unavailable":
+                await self._control("error", {"code": "temporarily_unavailable"})
+        finally:
+            await self._subscription.aclose()
+        if not self._finished:
+            self.finish()
+
+    def _still_valid(self) -> bool:
+        try:
+            if self.services.revocations.is_revoked(self.claims):
+                self._closing_event = "revoked"
+                return False
+        except StoreUnavailable:
+            # Fail closed: a stream must not outlive a revocation we cannot see.
+            self._closing_event = "unavailable"
+            return False
+        return True
+
+    async def _control(self, kind: str, data: dict[str, Any]) -> bool:
+        frame = encode_event(json.dumps(data), event=kind, id=str(self._last_sent_id))
+        return await self._send(frame)
+
+    async def _send(self, frame: bytes) -> bool:
+        if self._closing_event == "disconnected":
+            return False
+        try:
+            self.write(frame)
+            await self.flush()
+        except StreamClosedError:
+            self._closing_event = "disconnected"
+            return False
+        return True
+
