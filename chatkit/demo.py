@@ -18,11 +18,11 @@ from tokensvc.errors import InvalidGrant, ProviderUnavailable, UnknownSecret
 
 __all__ = ["DEMO_SECRET_KEY_ID", "demo_routes"]
 
-DEMO_SECRET_KEY_ID = "demo"
+DEMO_SECRET_KEY_ID = "demo"  # noqa: S105 - an id, not a secret
 DEMO_USER = "demo-user"
 # With the offline echo upstream no real key is needed; this placeholder is sealed instead
 # when the secret holder has no "demo" entry.
-ECHO_PLACEHOLDER_SECRET = "echo-demo-placeholder"
+ECHO_PLACEHOLDER_SECRET = "echo-demo-placeholder"  # noqa: S105 - deliberately public
 
 
 class _LoopbackOnly(BaseHandler):

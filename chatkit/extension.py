@@ -21,7 +21,7 @@ from chatkit.threads import THREAD_ID_PATTERN, ThreadStore
 from chatkit.upstream import Upstream, make_upstream
 from tokensvc import Config, Services
 
-__all__ = ["ChatkitExtension", "ChatkitState", "STATIC_DIR"]
+__all__ = ["STATIC_DIR", "ChatkitExtension", "ChatkitState"]
 
 STATIC_DIR = Path(__file__).parent / "static"
 

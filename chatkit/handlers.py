@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import secrets
@@ -215,6 +214,10 @@ class EventsHandler(ChatkitHandler):
             self.finish()
 
     def _still_valid(self) -> bool:
+        if self.services.ring().verifying_key(self.claims.kid) is None:
+            # The key that signed this stream's token was retired (emergency rotation).
+            self._closing_event = "session_expired"
+            return False
         try:
             if self.services.revocations.is_revoked(self.claims):
                 self._closing_event = "revoked"

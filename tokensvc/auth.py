@@ -34,7 +34,7 @@ __all__ = ["TokenAuthMixin"]
 
 log = logging.getLogger("tokensvc.auth")
 
-QUERY_TOKEN_PARAM = "access_token"
+QUERY_TOKEN_PARAM = "access_token"  # noqa: S105 - a parameter name
 # How long a client should wait before retrying when the revocation store cannot answer.
 STORE_RETRY_AFTER = 2
 

@@ -37,6 +37,8 @@ class Claims:
     session_exp: float
     session_end: float
     sealed: str | None = field(default=None, repr=False)
+    # The signing key's id, so long-lived streams can notice that their key was retired.
+    kid: str = ""
 
     def has_scope(self, scope: str) -> bool:
         return scope in self.scope

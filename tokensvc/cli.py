@@ -9,9 +9,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from tokensvc import __version__, keyadmin
+from tokensvc import __version__
 from tokensvc.config import load_config
 from tokensvc.errors import ConfigError
+from tokensvc.keyadmin import register as register_key_commands
 from tokensvc.logs import configure_logging
 
 __all__ = ["main"]
@@ -81,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.set_defaults(func=_serve)
 
-    keyadmin.register(commands)
+    register_key_commands(commands)
     return parser
 
 

@@ -21,6 +21,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from tokensvc.errors import ConfigError
 
@@ -201,6 +202,9 @@ def load_config(
         for key, item in value.items():
             _check_known(name, key)
             sections[name][key] = (item, base)
+    if path is not None:
+        # The contract's default ``secrets.toml`` is relative to the config file too.
+        sections["secrets"].setdefault("path", (SecretsConfig.path, base))
 
     for var, text in (os.environ if env is None else env).items():
         if not var.startswith(ENV_PREFIX) or var in _RESERVED_ENV:
@@ -284,7 +288,8 @@ def _coerce(section: str, key: str, value: Any, base: Path) -> Any:
         if not isinstance(value, str):
             raise ConfigError(f"{label} must be a string")
         return value
-    if kind is Path or (origin in (typing.Union, types.UnionType) and Path in typing.get_args(kind)):
+    optional_path = origin in (typing.Union, types.UnionType) and Path in typing.get_args(kind)
+    if kind is Path or optional_path:
         if not isinstance(value, str | Path):
             raise ConfigError(f"{label} must be a path string")
         if str(value) == "":
@@ -317,7 +322,7 @@ def _build_clients(raw: Any) -> tuple[ClientConfig, ...]:
     clients = []
     for client_id, table in raw.items():
         label = f"[clients.{client_id}]"
-        if not _CLIENT_ID_RE.match(client_id):
+        if not _CLIENT_ID_RE.fullmatch(client_id):
             raise ConfigError(f"{label} client id must be 1-64 chars of A-Z a-z 0-9 . _ -")
         if not isinstance(table, dict):
             raise ConfigError(f"{label} must be a table")
@@ -332,7 +337,7 @@ def _build_clients(raw: Any) -> tuple[ClientConfig, ...]:
             if not isinstance(plain, str) or len(plain) < 16:
                 raise ConfigError(f"{label} secret must be a string of at least 16 characters")
             digest = hashlib.sha256(plain.encode()).hexdigest()
-        elif not isinstance(digest, str) or not _SHA256_RE.match(digest.lower()):
+        elif not isinstance(digest, str) or not _SHA256_RE.fullmatch(digest.lower()):
             raise ConfigError(f"{label} secret_sha256 must be 64 hex digits")
         patterns = table.get("secret_key_ids", ["*"])
         if not isinstance(patterns, list) or not all(isinstance(p, str) for p in patterns):
@@ -350,6 +355,15 @@ def _build_clients(raw: Any) -> tuple[ClientConfig, ...]:
             )
         )
     return tuple(clients)
+
+
+def _is_http_url(url: str) -> bool:
+    """An http(s) URL with a host (``https://`` alone would fail only at the first call)."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.hostname)
 
 
 def _validate(config: Config) -> None:
@@ -392,7 +406,7 @@ def _validate(config: Config) -> None:
         ),
         (0 < sec.timeout <= 60, "[secrets] timeout must be in (0, 60] seconds"),
         (
-            sec.provider != "http" or sec.url.startswith(("http://", "https://")),
+            sec.provider != "http" or _is_http_url(sec.url),
             "[secrets] url must be an http(s) URL when provider = \"http\"",
         ),
         (bool(sec.env_prefix), "[secrets] env_prefix must not be empty"),
@@ -400,7 +414,7 @@ def _validate(config: Config) -> None:
         (c.heartbeat > 0, "[chatkit] heartbeat must be positive"),
         (c.history >= 1, "[chatkit] history must be at least 1"),
         (
-            c.upstream_url in ("", "echo") or c.upstream_url.startswith(("http://", "https://")),
+            c.upstream_url in ("", "echo") or _is_http_url(c.upstream_url),
             "[chatkit] upstream_url must be \"\", \"echo\" or an http(s) URL",
         ),
     ]
@@ -410,7 +424,8 @@ def _validate(config: Config) -> None:
     for origin in s.cors_origins:
         if origin == "*" or origin.lower() == "null":
             raise ConfigError("[server] cors_origins must list origins, never \"*\" or \"null\"")
-        if not re.match(r"^[a-z][a-z0-9+.-]*://(\*|[^\s/*]+)$", origin):
+        # fullmatch: with re.match, "$" would also accept a trailing newline.
+        if not re.fullmatch(r"[a-z][a-z0-9+.-]*://(\*|[^\s/*]+)", origin):
             raise ConfigError(
                 f"[server] cors_origins entry {origin!r} must be scheme://host[:port] "
                 "or scheme://*"

@@ -31,6 +31,7 @@ __all__ = [
     "PayloadTooLarge",
     "ProviderUnavailable",
     "StoreUnavailable",
+    "TemporarilyUnavailable",
     "TokenError",
     "TokensvcError",
     "TooManyRequests",
@@ -38,7 +39,6 @@ __all__ = [
     "UnknownSecret",
     "UnsupportedMediaType",
     "UpstreamError",
-    "TemporarilyUnavailable",
 ]
 
 REALM = "tokensvc"

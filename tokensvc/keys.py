@@ -54,7 +54,9 @@ class SigningKey:
     retiring_at: float | None = None
 
     def __post_init__(self) -> None:
-        expected = ec.EllipticCurvePublicKey if self.algorithm == "ES256" else ed25519.Ed25519PublicKey
+        expected: type = (
+            ec.EllipticCurvePublicKey if self.algorithm == "ES256" else ed25519.Ed25519PublicKey
+        )
         if not isinstance(self.public_key, expected):
             raise KeyRingError(f"signing key {self.kid} does not match algorithm {self.algorithm}")
         if (

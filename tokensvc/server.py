@@ -10,6 +10,7 @@ child that dies unexpectedly.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -26,7 +27,7 @@ from tokensvc.clients import bootstrap_client
 from tokensvc.config import Config
 from tokensvc.errors import ConfigError, KeyRingError
 from tokensvc.keyreload import KeyRingReloader
-from tokensvc.keystore import ensure_ring
+from tokensvc.keystore import PASSPHRASE_ENV, ensure_ring
 from tokensvc.providers import make_provider
 from tokensvc.revocation.factory import make_store
 
@@ -37,7 +38,6 @@ log = logging.getLogger("tokensvc.server")
 # Above every endpoint's own limit (64 KiB for /sessions, a chat message for ChatKit),
 # so those answer 413 themselves; a body past this is refused by the HTTP layer.
 MAX_BODY_BYTES = 1024 * 1024
-PASSPHRASE_ENV = "TOKENSVC_KEYS_PASSPHRASE"
 _MAX_RESTARTS = 20
 _SHUTDOWN_GRACE = 5.0
 
@@ -165,7 +165,7 @@ def _supervise(prepared: Prepared, sockets: Sequence[object], url: str) -> int:
             code = 1
             try:
                 code = asyncio.run(_serve(prepared, sockets, url, announce=False))
-            except BaseException:  # noqa: BLE001 - a child must never return into the parent
+            except BaseException:
                 log.exception("worker %d failed", index)
             finally:
                 os._exit(code)
@@ -176,10 +176,8 @@ def _supervise(prepared: Prepared, sockets: Sequence[object], url: str) -> int:
         if signum in (signal.SIGTERM, signal.SIGINT):
             stopping = True
         for pid in list(children):
-            try:
+            with contextlib.suppress(ProcessLookupError):  # it exited meanwhile
                 os.kill(pid, signum)
-            except ProcessLookupError:
-                pass
 
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, forward)

@@ -98,7 +98,8 @@ class TokenIssuer:
     ) -> IssuedToken:
         """A session token; a new session unless ``sid``/``session_end`` continue one."""
         now = int(self._clock())
-        sexp = int(session_end) if session_end is not None else now + self._config.session_max_lifetime
+        first = session_end is None
+        sexp = now + self._config.session_max_lifetime if first else int(session_end or 0)
         exp = min(now + min(ttl, self._config.max_ttl), sexp)
         if exp <= now:
             raise InvalidToken("session has reached its maximum lifetime")
@@ -119,7 +120,8 @@ class TokenIssuer:
             "sexp": sexp,
             "sec": sealed,
         }
-        return IssuedToken(self._sign(payload, SESSION), _claims(payload, SESSION))
+        token, kid = self._sign(payload, SESSION)
+        return IssuedToken(token, _claims(payload, SESSION, kid))
 
     def refresh(self, session: Claims, secret: Secret, ttl: int) -> IssuedToken:
         """A new token for the same session: same sid/sub/skid, new jti, never past sexp."""
@@ -155,14 +157,16 @@ class TokenIssuer:
             "sexp": int(session.session_end),
             "session_exp": int(session.exp),
         }
-        return IssuedToken(self._sign(payload, TICKET), _claims(payload, TICKET))
+        token, kid = self._sign(payload, TICKET)
+        return IssuedToken(token, _claims(payload, TICKET, kid))
 
-    def _sign(self, payload: dict[str, Any], token_type: TokenType) -> str:
+    def _sign(self, payload: dict[str, Any], token_type: TokenType) -> tuple[str, str]:
         key = self._ring().signer
         if key.private_key is None:  # KeyRing refuses this; kept for the type checker
             raise InvalidToken("active signing key has no private key")
         headers = {"kid": key.kid, "typ": _TYP[token_type]}
-        return jwt.encode(payload, key.private_key, algorithm=key.algorithm, headers=headers)
+        token = jwt.encode(payload, key.private_key, algorithm=key.algorithm, headers=headers)
+        return token, key.kid
 
 
 class TokenVerifier:
@@ -188,7 +192,8 @@ class TokenVerifier:
         """
         accepted = frozenset((accept,)) if isinstance(accept, str) else accept
         # 2. Shape: bounded before any parsing, so a huge header costs nothing.
-        if len(token) > MAX_TOKEN_BYTES or not _SHAPE.match(token):
+        # fullmatch: "$" alone would let a trailing newline through the shape check.
+        if len(token) > MAX_TOKEN_BYTES or not _SHAPE.fullmatch(token):
             raise InvalidToken("malformed token")
         # 3. Header: decoded by hand, so the key is chosen from our ring by kid and the
         # algorithm comes from that key.
@@ -227,7 +232,7 @@ class TokenVerifier:
         except jwt.PyJWTError as err:
             # The class name says what failed; PyJWT's text never reaches a client.
             raise InvalidToken(f"jwt rejected the token: {type(err).__name__}") from err
-        claims = _claims(payload, expected)
+        claims = _claims(payload, expected, key.kid)
         self._check_times(claims, expected)
         return claims
 
@@ -253,7 +258,8 @@ def _decode_header(segment: str) -> dict[str, Any]:
     try:
         raw = base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
         header = json.loads(raw)
-    except (binascii.Error, ValueError) as err:
+    except (binascii.Error, ValueError, RecursionError) as err:
+        # RecursionError: a deeply nested header ("[[[[...") fits in 8 KiB.
         raise InvalidToken("header is not base64url JSON") from err
     if not isinstance(header, dict):
         raise InvalidToken("header is not a JSON object")
@@ -268,9 +274,15 @@ def _normalise_typ(typ: str) -> str:
 def _number(payload: dict[str, Any], name: str) -> float:
     value = payload.get(name)
     # bool is an int subclass; "true" is not a time.
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+    if isinstance(value, bool) or not isinstance(value, int | float):
         raise InvalidToken(f"claim {name} must be a JSON number")
-    return float(value)
+    try:
+        number = float(value)  # a huge JSON integer overflows here
+    except OverflowError:
+        number = math.inf
+    if not math.isfinite(number):
+        raise InvalidToken(f"claim {name} must be a JSON number")
+    return number
 
 
 def _text(payload: dict[str, Any], name: str) -> str:
@@ -280,7 +292,7 @@ def _text(payload: dict[str, Any], name: str) -> str:
     return value
 
 
-def _claims(payload: dict[str, Any], token_type: TokenType) -> Claims:
+def _claims(payload: dict[str, Any], token_type: TokenType, kid: str) -> Claims:
     """Typed claims from a decoded payload; stricter than PyJWT about types."""
     scope = payload.get("scope", "")
     if not isinstance(scope, str):
@@ -310,4 +322,5 @@ def _claims(payload: dict[str, Any], token_type: TokenType) -> Claims:
         session_exp=session_exp,
         session_end=_number(payload, "sexp"),
         sealed=sealed,
+        kid=kid,
     )
