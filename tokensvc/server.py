@@ -130,7 +130,11 @@ async def _serve(
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, lambda: reloader.check(force=True))
+    # The reload runs in a worker thread: decrypting keys with a passphrase takes a while
+    # and must not stall requests.
+    loop.add_signal_handler(
+        signal.SIGHUP, lambda: loop.create_task(reloader.check_async(force=True))
+    )
     if announce:
         print(f"tokensvc listening on {url}", flush=True)
     log.info("serving on %s (pid %d)", url, os.getpid())
