@@ -59,10 +59,13 @@ class TokenAuthMixin:
     services: Services
     request: Any
     settings: Any
+    _allowed_methods: Any  # from BaseHandler
 
     async def prepare(self) -> None:
         if self.request.method == "OPTIONS":
             return  # CORS preflights carry no credentials by design
+        if self.request.method not in self._allowed_methods():
+            return  # the handler answers 405 itself; no token is needed to learn that
         self.claims = await self.authenticate()
         parent = super()
         if hasattr(parent, "prepare"):
