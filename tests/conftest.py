@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import socket
@@ -24,6 +25,23 @@ class FakeClock:
 
     def advance(self, seconds: float) -> None:
         self.now += seconds
+
+
+@pytest.fixture(autouse=True)
+def _close_stray_event_loop() -> Iterator[None]:
+    """Close an event loop a test left installed as the thread's current loop.
+
+    pytest-tornado's io_loop fixture leaves an (unclosed) asyncio loop set as current; a
+    later ``asyncio.run`` replaces it, and the garbage collector then reports it as an
+    unclosed loop, a ResourceWarning that filterwarnings=error turns into a failure in
+    whichever test happens to be running.
+    """
+    yield
+    local = getattr(asyncio.get_event_loop_policy(), "_local", None)
+    loop = getattr(local, "_loop", None)
+    if loop is not None and not loop.is_running() and not loop.is_closed():
+        loop.close()
+        asyncio.set_event_loop(None)
 
 
 @pytest.fixture

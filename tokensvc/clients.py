@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import binascii
 import hashlib
 import hmac
 import math
@@ -50,7 +49,9 @@ class ClientRegistry:
             raise InvalidClient("client credentials are not HTTP Basic")
         try:
             decoded = base64.b64decode(encoded.strip(), validate=True).decode("utf-8")
-        except (binascii.Error, UnicodeDecodeError) as err:
+        except ValueError as err:
+            # binascii.Error, UnicodeDecodeError, and the plain ValueError b64decode raises
+            # for a non-ASCII header value (Tornado decodes headers as latin-1).
             raise InvalidClient("client credentials are not base64 UTF-8") from err
         raw_id, sep, raw_secret = decoded.partition(":")
         if not sep:

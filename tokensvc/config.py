@@ -201,6 +201,9 @@ def load_config(
             raise ConfigError(f"[{name}] must be a table")
         for key, item in value.items():
             _check_known(name, key)
+            # Type-checked now, not only if it wins: a flag or env var overriding a broken
+            # file value must not hide the mistake until the override is dropped.
+            _coerce(name, key, item, base)
             sections[name][key] = (item, base)
     if path is not None:
         # The contract's default ``secrets.toml`` is relative to the config file too.
@@ -214,7 +217,9 @@ def load_config(
         if section not in _SECTIONS or not key:
             continue  # e.g. TOKENSVC_SECRET_<ID> for the env provider, TOKENSVC_TEST_*
         _check_known(section, key, source=var)
-        sections[section][key] = (_from_env(section, key, text), Path.cwd())
+        value = _from_env(section, key, text)
+        _coerce(section, key, value, Path.cwd())
+        sections[section][key] = (value, Path.cwd())
 
     for section, values in (overrides or {}).items():
         for key, item in values.items():

@@ -51,7 +51,9 @@ def mask_uri(uri: str) -> str:
         return "<unparseable uri>"
     if not parts.query:
         return uri
-    pairs = parse_qsl(parts.query, keep_blank_values=True)
+    # ";" is split on too: Tornado does not take it as a separator, but a client that does
+    # would otherwise put "access_token=..." inside another parameter's logged value.
+    pairs = parse_qsl(parts.query.replace(";", "&"), keep_blank_values=True)
     masked = "&".join(
         f"{quote(name, safe='')}={_MASK if _is_sensitive(name) else quote(value, safe='')}"
         for name, value in pairs

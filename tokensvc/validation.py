@@ -19,18 +19,19 @@ __all__ = [
 
 KNOWN_SCOPES = frozenset({"chatkit"})
 DEFAULT_SCOPE = "chatkit"
-_SECRET_KEY_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
-_SESSION_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
+# Used with fullmatch: re.match with "$" would also accept a trailing newline.
+_SECRET_KEY_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+_SESSION_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
 
 
 def secret_key_id(value: Any) -> str:
-    if not isinstance(value, str) or not _SECRET_KEY_ID.match(value):
+    if not isinstance(value, str) or not _SECRET_KEY_ID.fullmatch(value):
         raise InvalidRequest("secret_key_id must be 1-128 chars of A-Z a-z 0-9 . _ : -")
     return value
 
 
 def session_id(value: Any) -> str:
-    if not isinstance(value, str) or not _SESSION_ID.match(value):
+    if not isinstance(value, str) or not _SESSION_ID.fullmatch(value):
         raise InvalidRequest("session_id is malformed")
     return value
 

@@ -1,0 +1,52 @@
+"""Secret providers: the just-in-time lookup of an upstream secret by ``secret_key_id``.
+
+:func:`make_provider` builds the backend named by ``[secrets] provider`` (``file``, ``env``
+or ``http``) and wraps it in :class:`SingleFlightProvider`, which shares concurrent lookups of
+one id and bounds each by ``[secrets] timeout``. The rest of tokensvc sees only the
+:class:`SecretProvider` protocol.
+"""
+
+from __future__ import annotations
+
+from typing import assert_never
+
+from tokensvc.config import SecretsConfig
+from tokensvc.errors import ConfigError
+from tokensvc.providers.base import SecretProvider
+from tokensvc.providers.env import EnvSecretProvider
+from tokensvc.providers.file import FileSecretProvider
+from tokensvc.providers.http import HttpSecretProvider
+from tokensvc.providers.singleflight import SingleFlightProvider
+from tokensvc.redacted import Secret
+
+__all__ = [
+    "EnvSecretProvider",
+    "FileSecretProvider",
+    "HttpSecretProvider",
+    "SecretProvider",
+    "SingleFlightProvider",
+    "make_provider",
+]
+
+
+def make_provider(config: SecretsConfig) -> SecretProvider:
+    """The configured provider, wrapped in a :class:`SingleFlightProvider`.
+
+    Raises ConfigError, naming the ``[secrets]`` key, for a value the backend refuses.
+    """
+    inner: SecretProvider
+    kind = config.provider
+    try:
+        if kind == "file":
+            inner = FileSecretProvider(config.path)
+        elif kind == "env":
+            inner = EnvSecretProvider(config.env_prefix)
+        elif kind == "http":
+            # An empty auth means "send no Authorization header", not "Bearer " + "".
+            auth = Secret(config.auth) if config.auth else None
+            inner = HttpSecretProvider(config.url, auth, config.timeout)
+        else:
+            assert_never(kind)
+    except ValueError as err:
+        raise ConfigError(f"[secrets] {err}") from err
+    return SingleFlightProvider(inner, timeout=config.timeout)
