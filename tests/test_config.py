@@ -444,3 +444,8 @@ def test_may_use_matches_fnmatch_patterns_case_sensitively(
 ) -> None:
     client = ClientConfig(client_id="c", secret_sha256=GOOD_SHA256, secret_key_ids=patterns)
     assert client.may_use(secret_key_id) is allowed
+
+
+def test_env_prefix_that_clashes_with_configuration_variables_is_refused() -> None:
+    with pytest.raises(ConfigError, match="env_prefix"):
+        load_config(env={"TOKENSVC_SECRETS_ENV_PREFIX": "TOKENSVC_SECRETS_"})

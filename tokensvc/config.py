@@ -426,6 +426,12 @@ def _validate(config: Config) -> None:
     for ok, message in checks:
         if not ok:
             raise ConfigError(message)
+    clashing = [f"{ENV_PREFIX}{name.upper()}_" for name in _SECTIONS]
+    if any(sec.env_prefix.upper().startswith(prefix) for prefix in clashing):
+        raise ConfigError(
+            "[secrets] env_prefix must not start with a configuration prefix such as "
+            f"{ENV_PREFIX}SECRETS_ (those variables are read as configuration)"
+        )
     for origin in s.cors_origins:
         if origin == "*" or origin.lower() == "null":
             raise ConfigError("[server] cors_origins must list origins, never \"*\" or \"null\"")

@@ -227,7 +227,8 @@ class JwksHandler(BaseHandler):
         self.set_header("Cache-Control", f"public, max-age={max_age}")
         self.set_header("ETag", ring.jwks_etag)
         self.set_header("Content-Type", "application/jwk-set+json")
-        if ring.jwks_etag in _etags(self.request.headers.get("If-None-Match", "")):
+        wanted = _etags(self.request.headers.get("If-None-Match", ""))
+        if ring.jwks_etag in wanted or "*" in wanted:
             self.set_status(304)
             self.finish()
             return
