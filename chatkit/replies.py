@@ -10,6 +10,7 @@ closed as the task unwinds).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 
 from chatkit.threads import ThreadStore
@@ -76,8 +77,11 @@ class ReplyTasks:
                 {"role": m.role, "content": m.text} for m in thread.messages[-CONTEXT_MESSAGES:]
             ]
             parts: list[str] = []
-            async with asyncio.timeout(self._timeout):
-                async for delta in self._upstream.stream_reply(secret, self._model, history):
+            reply = self._upstream.stream_reply(secret, self._model, history)
+            # aclosing: if anything below raises (a store error, the timeout, a cancel),
+            # the upstream HTTP stream is closed now, not whenever the GC gets to it.
+            async with asyncio.timeout(self._timeout), contextlib.aclosing(reply):
+                async for delta in reply:
                     if not delta:
                         continue
                     parts.append(delta)
