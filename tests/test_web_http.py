@@ -316,6 +316,8 @@ async def test_metrics_are_prometheus_text(http_client: Any, base_url: str) -> N
     text = response.body.decode()
     assert "# TYPE tokensvc_tokens_issued_total counter" in text
     assert 'tokensvc_tokens_issued_total{kind="session"} 1' in text.splitlines()
+    # Counted when each request is logged: the POST /sessions above was.
+    assert 'tokensvc_http_requests_total{code="200"} 1' in text.splitlines()
     for line in text.splitlines():
         assert line.startswith("# ") or line.startswith("tokensvc_"), line
 

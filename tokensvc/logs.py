@@ -117,6 +117,9 @@ def log_request(handler: RequestHandler) -> None:
     """Tornado ``log_function``: one access line per request, query string masked."""
     status = handler.get_status()
     request = handler.request
+    services = handler.settings.get("tokensvc")
+    if services is not None:
+        services.metrics.inc("tokensvc_http_requests_total", "code", str(status))
     duration_ms = round(1000.0 * request.request_time(), 2)
     path = mask_uri(request.uri or "")
     level = logging.INFO if status < 400 else logging.WARNING if status < 500 else logging.ERROR
