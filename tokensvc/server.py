@@ -14,6 +14,7 @@ import contextlib
 import logging
 import os
 import signal
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -25,7 +26,7 @@ import tornado.netutil
 from tokensvc.app import Extension, build_services, load_extensions, make_app
 from tokensvc.clients import bootstrap_client
 from tokensvc.config import Config
-from tokensvc.errors import ConfigError, KeyRingError
+from tokensvc.errors import ConfigError, KeyRingError, StoreUnavailable
 from tokensvc.keyreload import KeyRingReloader
 from tokensvc.keystore import PASSPHRASE_ENV, ensure_ring
 from tokensvc.providers import make_provider
@@ -71,6 +72,9 @@ def prepare(config: Config) -> Prepared:
         notices.append(
             f"{verb} client '{client.client_id}'; its secret is in {path} (mode 0600)"
         )
+    # Built once here only to validate it (a bad URL or header stops start-up with exit 2);
+    # each worker builds its own after the fork.
+    make_provider(config.secrets)
     for client in config.clients:
         if client.plain_secret:
             log.warning(
@@ -84,6 +88,9 @@ def prepare(config: Config) -> Prepared:
 def run(prepared: Prepared) -> int:
     """Bind, fork if asked, serve until SIGTERM/SIGINT. Returns the exit status."""
     config = prepared.config
+    # SIGHUP's default action ends the process. Until a serving loop handles it (a few
+    # seconds while a worker imports and starts), a reload request must be a no-op, not a kill.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     sockets = tornado.netutil.bind_sockets(config.server.port, config.server.host)
     port = sockets[0].getsockname()[1]
     host = config.server.host
@@ -116,7 +123,14 @@ async def _serve(
         "ok" if reloader.status == "ok" else "invalid on disk; serving the last good ring",
     )
     extensions: list[Extension] = load_extensions(config)
-    await store.start()
+    try:
+        await store.start()
+    except StoreUnavailable as err:
+        # e.g. an unreadable revocation file: serving with an empty list would let
+        # revoked tokens through.
+        print(f"tokensvc: revocation store unavailable: {err}", file=sys.stderr, flush=True)
+        await provider.close()
+        return 2
     for extension in extensions:
         await extension.start(services)
     app = make_app(services, extensions)
@@ -135,6 +149,8 @@ async def _serve(
     loop.add_signal_handler(
         signal.SIGHUP, lambda: loop.create_task(reloader.check_async(force=True))
     )
+    # A SIGHUP ignored since the ring was loaded above may have been a rotation: look once.
+    reload_check = loop.create_task(reloader.check_async())
     if announce:
         print(f"tokensvc listening on {url}", flush=True)
     log.info("serving on %s (pid %d)", url, os.getpid())
@@ -143,6 +159,7 @@ async def _serve(
     log.info("shutting down")
     server.stop()
     reloader.stop()
+    await reload_check
     for extension in extensions:
         await extension.close()
     try:
@@ -160,20 +177,35 @@ def _supervise(prepared: Prepared, sockets: Sequence[object], url: str) -> int:
     children: dict[int, int] = {}  # pid -> worker index
     stopping = False
 
+    forwarded = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
+
     def start_worker(index: int) -> None:
-        pid = os.fork()
-        if pid == 0:
-            # Child: default signal dispositions, then serve on the shared sockets.
-            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-                signal.signal(sig, signal.SIG_DFL)
-            code = 1
-            try:
-                code = asyncio.run(_serve(prepared, sockets, url, announce=False))
-            except BaseException:
-                log.exception("worker %d failed", index)
-            finally:
-                os._exit(code)
-        children[pid] = index
+        # Forwarded signals wait while forking: a new child must not run the parent's
+        # handler, and the parent must know a child's pid before it forwards anything to it.
+        signal.pthread_sigmask(signal.SIG_BLOCK, forwarded)
+        try:
+            if stopping:  # e.g. SIGTERM during a restart's pause: start nothing
+                return
+            pid = os.fork()
+            if pid == 0:
+                # Child: default dispositions for the stop signals, SIGHUP ignored until the
+                # serving loop takes it over, then serve on the shared sockets.
+                for sig in (signal.SIGTERM, signal.SIGINT):
+                    signal.signal(sig, signal.SIG_DFL)
+                signal.signal(signal.SIGHUP, signal.SIG_IGN)
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, forwarded)
+                code = 1
+                try:
+                    code = asyncio.run(_serve(prepared, sockets, url, announce=False))
+                except BaseException:
+                    log.exception("worker %d failed", index)
+                finally:
+                    os._exit(code)
+            children[pid] = index
+            if stopping:  # the handler ran between the check and the fork
+                os.kill(pid, signal.SIGTERM)
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, forwarded)
 
     def forward(signum: int, _frame: FrameType | None) -> None:
         nonlocal stopping

@@ -97,9 +97,9 @@ class TokenIssuer:
         session_end: float | None = None,
     ) -> IssuedToken:
         """A session token; a new session unless ``sid``/``session_end`` continue one."""
-        now = int(self._clock())
+        now = _issue_time(self._clock())
         first = session_end is None
-        sexp = now + self._config.session_max_lifetime if first else int(session_end or 0)
+        sexp = now + self._config.session_max_lifetime if first else float(session_end or 0)
         exp = min(now + min(ttl, self._config.max_ttl), sexp)
         if exp <= now:
             raise InvalidToken("session has reached its maximum lifetime")
@@ -113,11 +113,11 @@ class TokenIssuer:
             "skid": skid,
             "sid": sid or self._new_id(),
             "jti": jti,
-            "iat": now,
-            "nbf": now,
-            "exp": exp,
+            "iat": _json_time(now),
+            "nbf": _json_time(now),
+            "exp": _json_time(exp),
             "scope": scope,
-            "sexp": sexp,
+            "sexp": _json_time(sexp),
             "sec": sealed,
         }
         token, kid = self._sign(payload, SESSION)
@@ -138,8 +138,8 @@ class TokenIssuer:
 
     def issue_ticket(self, session: Claims) -> IssuedToken:
         """A single-use stream ticket bound to the session, carrying its expiry."""
-        now = int(self._clock())
-        exp = min(now + self._config.ticket_ttl, int(session.exp))
+        now = _issue_time(self._clock())
+        exp = min(now + self._config.ticket_ttl, session.exp)
         if exp <= now:
             raise InvalidToken("session token is about to expire")
         payload: dict[str, Any] = {
@@ -150,12 +150,12 @@ class TokenIssuer:
             "skid": session.skid,
             "sid": session.sid,
             "jti": self._new_id(),
-            "iat": now,
-            "nbf": now,
-            "exp": exp,
+            "iat": _json_time(now),
+            "nbf": _json_time(now),
+            "exp": _json_time(exp),
             "scope": " ".join(sorted(session.scope)),
-            "sexp": int(session.session_end),
-            "session_exp": int(session.exp),
+            "sexp": _json_time(session.session_end),
+            "session_exp": _json_time(session.exp),
         }
         token, kid = self._sign(payload, TICKET)
         return IssuedToken(token, _claims(payload, TICKET, kid))
@@ -252,6 +252,22 @@ class TokenVerifier:
             raise InvalidToken("token outlives its session")
         if claims.exp <= now - leeway:
             raise InvalidToken("token expired", expired=True)
+
+
+def _issue_time(now: float) -> float:
+    """``now`` to the millisecond, rounded down.
+
+    Whole seconds would be too coarse: "revoke every token issued up to now" compares
+    ``iat`` with the revocation time, and a token issued later in the same second would be
+    caught too. Rounding down keeps the error on the safe side (at most 1 ms).
+    """
+    return math.floor(now * 1000) / 1000
+
+
+def _json_time(value: float) -> float | int:
+    """A time claim as JSON: milliseconds at most, an integer when it is whole."""
+    value = round(value, 3)
+    return int(value) if value == int(value) else value
 
 
 def _decode_header(segment: str) -> dict[str, Any]:
