@@ -10,7 +10,14 @@ from typing import TYPE_CHECKING, Any
 from tornado.iostream import StreamClosedError
 
 from chatkit.sse import encode_comment, encode_event, parse_last_event_id
-from chatkit.threads import SubscriptionClosed, Thread, follow, message_event_data
+from chatkit.threads import (
+    SubscriptionClosed,
+    Thread,
+    ThreadStoreUnavailable,
+    check_message_text,
+    follow,
+    message_event_data,
+)
 from tokensvc import (
     BaseHandler,
     InvalidRequest,
@@ -33,6 +40,9 @@ __all__ = [
 log = logging.getLogger("chatkit")
 
 MAX_MESSAGE_CHARS = 32768
+# The largest body a valid message can take: JSON may escape every character, and one
+# outside the BMP as two "\uXXXX" escapes (12 bytes), plus room for the object around it.
+MAX_MESSAGE_BODY_BYTES = 12 * MAX_MESSAGE_CHARS + 1024
 # Sent once, this long before the stream's token expires, so the page can refresh ahead.
 TOKEN_EXPIRING_LEAD = 30.0
 # How long the browser waits before reconnecting by itself (EventSource "retry:").
@@ -97,12 +107,16 @@ class MessagesHandler(ChatkitHandler):
     """``POST /chatkit/threads/{id}/messages``: add a user message, stream the reply."""
 
     async def post(self, thread_id: str) -> None:
-        body = self.json_body()
+        body = self.json_body(max_bytes=MAX_MESSAGE_BODY_BYTES)
         text = body.get("text")
         if set(body) != {"text"} or not isinstance(text, str):
             raise InvalidRequest("body must be {\"text\": str}")
         if not 1 <= len(text) <= MAX_MESSAGE_CHARS:
             raise InvalidRequest(f"text must be 1..{MAX_MESSAGE_CHARS} characters")
+        try:
+            check_message_text(text)  # a lone surrogate would fail in the store: 500
+        except ValueError:
+            raise InvalidRequest("text is not valid Unicode") from None
         await self.owned_thread(thread_id)
         secret = self.upstream_secret()
         message = await self.state.threads.add_message(thread_id, self.claims.sub, "user", text)
@@ -193,6 +207,12 @@ class EventsHandler(ChatkitHandler):
                 try:
                     event = await self._subscription.get(timeout=max(0.01, wait))
                 except SubscriptionClosed:
+                    break
+                except ThreadStoreUnavailable:
+                    # The headers are out, so no 503 can be sent any more: say so in the
+                    # stream and end it; the page resumes from its last event id.
+                    log.warning("event stream ended: the thread store is unavailable")
+                    self._closing_event = "unavailable"
                     break
                 if event is None:
                     # Quiet period: keep proxies from timing out, and re-check the

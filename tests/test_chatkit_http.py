@@ -1,0 +1,474 @@
+"""The ChatKit routes over HTTP (chatkit/handlers.py), against a fake OpenAI-compatible upstream.
+
+Hosted sessions, threads and their ownership, message validation, the streamed reply, and
+the token rules every ChatKit route shares: scope, missing credentials, wrong token type.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import tornado.web
+
+from chatkit import ChatkitExtension
+from tests.chatkit_support import (
+    WAIT,
+    bearer,
+    chatkit_config,
+    fetch,
+    mint,
+    new_thread,
+    new_ticket,
+    open_events,
+    start_extension,
+    start_fake_upstream,
+)
+from tests.fake_upstream import (
+    DEFAULT_DELTAS,
+    LEAK_MARKER,
+    SESSION_EXPIRES_AT,
+    SESSION_SECRET,
+    FakeUpstream,
+)
+from tests.support import UPSTREAM_SECRET, make_app, make_services
+from tokensvc import Services
+
+WORKFLOW_ID = "wf_tests_0123"
+BARE_CHALLENGE = 'Bearer realm="tokensvc"'
+MISSING_THREAD = "thr_" + "A" * 22
+# The openai client loads its ChatKit types on first use, blocking for about a second (several
+# on a loaded machine), so the first POST /chatkit/session of a run gets more time.
+FIRST_SESSION_CALL = 15.0
+
+
+@pytest.fixture
+def fake() -> FakeUpstream:
+    return FakeUpstream()
+
+
+@pytest.fixture
+def fake_url(io_loop: Any, fake: FakeUpstream) -> Iterator[str]:
+    server, url = start_fake_upstream(fake)
+    yield url
+    server.stop()
+    io_loop.run_sync(server.close_all_connections, timeout=WAIT)
+
+
+@pytest.fixture
+def services(io_loop: Any, fake_url: str) -> Iterator[Services]:
+    built = make_services(config=chatkit_config(fake_url, workflow_id=WORKFLOW_ID))
+    io_loop.run_sync(built.revocations.start)
+    yield built
+    io_loop.run_sync(built.revocations.close)
+
+
+@pytest.fixture
+def extension(io_loop: Any, services: Services) -> Iterator[ChatkitExtension]:
+    started = io_loop.run_sync(lambda: start_extension(services))
+    yield started
+    io_loop.run_sync(started.close, timeout=WAIT)
+
+
+@pytest.fixture
+def app(services: Services, extension: ChatkitExtension) -> tornado.web.Application:
+    return make_app(services, [extension])
+
+
+@pytest.fixture
+def token(services: Services) -> str:
+    return mint(services, user="alice")
+
+
+def error_of(response: Any) -> str:
+    body = json.loads(response.body)
+    assert set(body) == {"error", "error_description"}
+    return str(body["error"])
+
+
+# -- POST /chatkit/session -----------------------------------------------------------------
+
+
+@pytest.mark.gen_test(timeout=20)
+async def test_chatkit_session_returns_the_upstream_client_secret(
+    http_client: Any, base_url: str, token: str
+) -> None:
+    response = await fetch(
+        http_client, base_url + "/chatkit/session", method="POST", headers=bearer(token), body="",
+        request_timeout=FIRST_SESSION_CALL,
+    )
+    assert response.code == 200, response.body
+    assert json.loads(response.body) == {
+        "client_secret": SESSION_SECRET,
+        "expires_at": SESSION_EXPIRES_AT,
+    }
+    assert response.headers["Cache-Control"] == "no-store"
+    assert UPSTREAM_SECRET.encode() not in response.body
+
+
+@pytest.mark.gen_test(timeout=20)
+async def test_chatkit_session_sends_secret_beta_header_workflow_and_user(
+    http_client: Any, base_url: str, token: str, fake: FakeUpstream
+) -> None:
+    await fetch(
+        http_client, base_url + "/chatkit/session", method="POST", headers=bearer(token), body="",
+        request_timeout=FIRST_SESSION_CALL,
+    )
+    (request,) = fake.requests
+    assert request.path == "/v1/chatkit/sessions"
+    assert request.authorization == f"Bearer {UPSTREAM_SECRET}"
+    assert request.openai_beta == "chatkit_beta=v1"
+    assert request.body["workflow"]["id"] == WORKFLOW_ID
+    assert request.body["user"] == "alice"
+
+
+@pytest.mark.gen_test(timeout=20)
+async def test_chatkit_session_upstream_failure_is_502_without_upstream_body(
+    http_client: Any, base_url: str, token: str, fake: FakeUpstream, caplog: Any
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    fake.mode = "fail"
+    response = await fetch(
+        http_client, base_url + "/chatkit/session", method="POST", headers=bearer(token), body="",
+        request_timeout=FIRST_SESSION_CALL,
+    )
+    assert response.code == 502
+    assert error_of(response) == "upstream_error"
+    for leak in (LEAK_MARKER, UPSTREAM_SECRET):
+        assert leak.encode() not in response.body
+        assert leak not in caplog.text
+    assert fake.requests, "the upstream was not called"
+
+
+# -- threads ---------------------------------------------------------------------------------
+
+
+@pytest.mark.gen_test(timeout=10)
+async def test_create_thread_and_read_it_back(
+    http_client: Any, base_url: str, token: str
+) -> None:
+    created = await fetch(
+        http_client, base_url + "/chatkit/threads", method="POST", headers=bearer(token), body=""
+    )
+    assert created.code == 201
+    body = json.loads(created.body)
+    assert set(body) == {"id"}
+    thread = await fetch(http_client, f"{base_url}/chatkit/threads/{body['id']}",
+                         headers=bearer(token))
+    assert thread.code == 200
+    assert json.loads(thread.body) == {"id": body["id"], "messages": []}
+
+
+@pytest.mark.gen_test(timeout=10)
+async def test_thread_lists_its_messages(http_client: Any, base_url: str, token: str) -> None:
+    thread_id = await new_thread(http_client, base_url, token)
+    posted = await fetch(http_client, f"{base_url}/chatkit/threads/{thread_id}/messages",
+                         method="POST", headers=bearer(token), body={"text": "first words"})
+    assert posted.code == 202
+    message_id = json.loads(posted.body)["message_id"]
+    thread = json.loads((await fetch(http_client, f"{base_url}/chatkit/threads/{thread_id}",
+                                     headers=bearer(token))).body)
+    assert thread["messages"][0] == {"id": message_id, "role": "user", "text": "first words"}
+
+
+@pytest.mark.gen_test(timeout=10)
+async def test_another_subject_gets_404_for_every_thread_route(
+    http_client: Any, base_url: str, http_port: int, services: Services, token: str
+) -> None:
+    thread_id = await new_thread(http_client, base_url, token)
+    intruder = mint(services, user="mallory")
+    url = f"{base_url}/chatkit/threads/{thread_id}"
+
+    read = await fetch(http_client, url, headers=bearer(intruder))
+    post = await fetch(http_client, url + "/messages", method="POST", headers=bearer(intruder),
+                       body={"text": "let me in"})
+    events = await open_events(http_port, f"/chatkit/threads/{thread_id}/events",
+                               bearer(intruder))
+    assert (read.code, post.code, events.status) == (404, 404, 404)
+    assert error_of(read) == error_of(post) == events.error["error"] == "not_found"
+
+    # Nothing the intruder did reached the owner's thread.
+    owner_view = await fetch(http_client, url, headers=bearer(token))
+    assert json.loads(owner_view.body)["messages"] == []
+
+
+@pytest.mark.parametrize(
+    "thread_id",
+    [
+        MISSING_THREAD,  # well-formed, never created
+        "abc",
+        "thr_",
+        "thr_" + "a" * 129,
+        "thr_a.b",
+        "thr_%00",
+        "thr_%E2%80%AE",
+        "..%2F..%2Fsessions",
+    ],
+)
+@pytest.mark.gen_test(timeout=10)
+async def test_unknown_or_malformed_thread_id_is_404(
+    http_client: Any, base_url: str, token: str, thread_id: str
+) -> None:
+    for suffix, method, body in (("", "GET", None), ("/messages", "POST", {"text": "hi"})):
+        response = await fetch(http_client, f"{base_url}/chatkit/threads/{thread_id}{suffix}",
+                               method=method, headers=bearer(token), body=body)
+        assert response.code == 404, (suffix, response.body)
+        assert error_of(response) == "not_found"
+
+
+# -- POST /chatkit/threads/{id}/messages -----------------------------------------------------
+
+
+@pytest.mark.gen_test(timeout=10)
+async def test_post_message_answers_202_with_message_and_response_ids(
+    http_client: Any, base_url: str, token: str
+) -> None:
+    thread_id = await new_thread(http_client, base_url, token)
+    response = await fetch(http_client, f"{base_url}/chatkit/threads/{thread_id}/messages",
+                           method="POST", headers=bearer(token), body={"text": "hello"})
+    assert response.code == 202
+    body = json.loads(response.body)
+    assert set(body) == {"message_id", "response_id"}
+    assert body["message_id"].startswith("msg_")
+    assert body["response_id"]
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["x", "x" * 32768, "é" * 32768, "\U0001f600" * 32768],
+    ids=["one-char", "32768-ascii", "32768-latin", "32768-astral"],
+)
+@pytest.mark.gen_test(timeout=10)
+async def test_accepts_message_text_up_to_32768_characters(
+    http_client: Any, base_url: str, token: str, text: str
+) -> None:
+    # json.dumps escapes non-ASCII (an astral character is 12 bytes as "\ud83d\ude00"), so
+    # a text at the limit must not trip a body-size limit meant for other endpoints.
+    thread_id = await new_thread(http_client, base_url, token)
+    response = await fetch(http_client, f"{base_url}/chatkit/threads/{thread_id}/messages",
+                           method="POST", headers=bearer(token), body={"text": text})
+    assert response.code == 202, response.body
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        "{}",
+        '{"text": ""}',
+        json.dumps({"text": "x" * 32769}),
+        '{"text": 5}',
+        '{"text": null}',
+        '{"text": ["hi"]}',
+        '{"text": {"hi": 1}}',
+        '{"text": true}',
+        '{"text": "hi", "role": "assistant"}',
+        '{"message": "hi"}',
+        '["hi"]',
+        '"hi"',
+        "not json",
+        '{"text": "hi"',
+        '{"text": "\\ud800"}',  # a lone surrogate: JSON allows it, UTF-8 cannot carry it
+        "[" * 100_000,
+    ],
+    ids=[
+        "missing", "empty", "32769-chars", "number", "null", "list", "object", "bool",
+        "extra-field", "wrong-field", "array-body", "string-body", "not-json", "truncated",
+        "lone-surrogate", "deep-nesting",
+    ],
+)
+@pytest.mark.gen_test(timeout=10)
+async def test_rejects_invalid_message_bodies_with_400(
+    http_client: Any, base_url: str, token: str, body: str
+) -> None:
+    thread_id = await new_thread(http_client, base_url, token)
+    response = await fetch(
+        http_client, f"{base_url}/chatkit/threads/{thread_id}/messages", method="POST",
+        headers={**bearer(token), "Content-Type": "application/json"}, body=body,
+    )
+    assert response.code == 400, response.body
+    assert error_of(response) == "invalid_request"
+    thread = json.loads((await fetch(http_client, f"{base_url}/chatkit/threads/{thread_id}",
+                                     headers=bearer(token))).body)
+    assert thread["messages"] == []
+
+
+@pytest.mark.parametrize("content_type", [None, "text/plain", "application/x-www-form-urlencoded"])
+@pytest.mark.gen_test(timeout=10)
+async def test_rejects_non_json_message_bodies_with_415(
+    http_client: Any, base_url: str, token: str, content_type: str | None
+) -> None:
+    thread_id = await new_thread(http_client, base_url, token)
+    headers = bearer(token)
+    if content_type is not None:
+        headers["Content-Type"] = content_type
+    response = await fetch(http_client, f"{base_url}/chatkit/threads/{thread_id}/messages",
+                           method="POST", headers=headers, body='{"text": "hi"}')
+    assert response.code == 415
+    assert error_of(response) == "unsupported_media_type"
+
+
+@pytest.mark.gen_test(timeout=15)
+async def test_reply_streams_from_the_upstream_with_the_secret_and_never_leaks_it(
+    http_client: Any,
+    base_url: str,
+    http_port: int,
+    token: str,
+    fake: FakeUpstream,
+    caplog: Any,
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    thread_id = await new_thread(http_client, base_url, token)
+    ticket = await new_ticket(http_client, base_url, token)
+    stream = await open_events(http_port,
+                               f"/chatkit/threads/{thread_id}/events?access_token={ticket}")
+    assert stream.status == 200
+    try:
+        posted = await fetch(http_client, f"{base_url}/chatkit/threads/{thread_id}/messages",
+                             method="POST", headers=bearer(token), body={"text": "Say hello"})
+        response_id = json.loads(posted.body)["response_id"]
+        items = await stream.until("done")
+    finally:
+        await stream.close()
+
+    deltas = [i.json["text"] for i in items if i.event == "delta"]
+    assert deltas == list(DEFAULT_DELTAS)
+    assert items[-1].json == {"response_id": response_id, "text": "".join(DEFAULT_DELTAS)}
+
+    (request,) = [r for r in fake.requests if r.path == "/v1/chat/completions"]
+    assert request.body["stream"] is True
+    assert request.authorization == f"Bearer {UPSTREAM_SECRET}"
+    assert request.body["messages"][-1] == {"role": "user", "content": "Say hello"}
+
+    thread = await fetch(http_client, f"{base_url}/chatkit/threads/{thread_id}",
+                         headers=bearer(token))
+    assert json.loads(thread.body)["messages"][-1]["text"] == "".join(DEFAULT_DELTAS)
+    everything = b"".join([posted.body, thread.body, stream.body]).decode()
+    everything += "".join(f"{i.data}{i.comment}" for i in stream.received)
+    assert UPSTREAM_SECRET not in everything
+    assert UPSTREAM_SECRET not in caplog.text
+    assert ticket not in caplog.text
+
+
+@pytest.mark.gen_test(timeout=15)
+async def test_upstream_failure_during_reply_is_an_error_event_without_the_body(
+    http_client: Any, base_url: str, http_port: int, token: str, fake: FakeUpstream,
+    caplog: Any,
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    fake.mode = "fail"
+    thread_id = await new_thread(http_client, base_url, token)
+    stream = await open_events(http_port, f"/chatkit/threads/{thread_id}/events", bearer(token))
+    try:
+        await fetch(http_client, f"{base_url}/chatkit/threads/{thread_id}/messages",
+                    method="POST", headers=bearer(token), body={"text": "hello"})
+        items = await stream.until("error")
+    finally:
+        await stream.close()
+    assert items[-1].json["code"] == "upstream_error"
+    for leak in (LEAK_MARKER, UPSTREAM_SECRET):
+        assert all(leak not in (i.data or "") for i in items)
+        assert leak not in caplog.text
+
+
+# -- token rules shared by the ChatKit routes ------------------------------------------------
+
+ROUTES = [
+    ("POST", "/chatkit/session"),
+    ("POST", "/chatkit/threads"),
+    ("GET", "/chatkit/threads/{thread}"),
+    ("POST", "/chatkit/threads/{thread}/messages"),
+    ("GET", "/chatkit/threads/{thread}/events"),
+]
+NON_STREAM_ROUTES = ROUTES[:-1]
+
+
+async def call(
+    http_client: Any, base_url: str, http_port: int, method: str, path: str,
+    headers: dict[str, str],
+) -> tuple[int, dict[str, str], bytes]:
+    """One request to a route; event streams are opened raw so a 200 does not hang."""
+    if path.endswith("/events"):
+        stream = await open_events(http_port, path, headers)
+        await stream.close()
+        return stream.status, {k.lower(): v for k, v in stream.headers.items()}, stream.body
+    body = {"text": "hi"} if method == "POST" else None
+    if method == "POST" and not path.endswith("/messages"):
+        body = ""  # type: ignore[assignment]
+    response = await fetch(http_client, base_url + path, method=method, headers=headers,
+                           body=body)
+    return response.code, {k.lower(): v for k, v in response.headers.get_all()}, response.body
+
+
+@pytest.mark.parametrize(("method", "path"), ROUTES)
+@pytest.mark.gen_test(timeout=10)
+async def test_route_without_credentials_is_401_with_the_bare_challenge(
+    http_client: Any, base_url: str, http_port: int, token: str, method: str, path: str
+) -> None:
+    thread_id = await new_thread(http_client, base_url, token)
+    code, headers, body = await call(http_client, base_url, http_port, method,
+                                     path.format(thread=thread_id), {})
+    assert code == 401
+    assert headers["www-authenticate"] == BARE_CHALLENGE
+    assert json.loads(body)["error"] == "invalid_token"
+
+
+@pytest.mark.parametrize(("method", "path"), ROUTES)
+@pytest.mark.gen_test(timeout=10)
+async def test_route_with_a_token_without_chatkit_scope_is_403(
+    http_client: Any, base_url: str, http_port: int, services: Services, token: str,
+    method: str, path: str,
+) -> None:
+    thread_id = await new_thread(http_client, base_url, token)
+    other_scope = mint(services, user="alice", scope="other")
+    code, headers, body = await call(http_client, base_url, http_port, method,
+                                     path.format(thread=thread_id), bearer(other_scope))
+    assert code == 403
+    assert json.loads(body)["error"] == "insufficient_scope"
+    assert 'error="insufficient_scope"' in headers["www-authenticate"]
+    assert 'scope="chatkit"' in headers["www-authenticate"]
+
+
+@pytest.mark.parametrize(("method", "path"), NON_STREAM_ROUTES)
+@pytest.mark.gen_test(timeout=10)
+async def test_stream_ticket_as_bearer_on_a_non_stream_route_is_401(
+    http_client: Any, base_url: str, http_port: int, token: str, method: str, path: str
+) -> None:
+    thread_id = await new_thread(http_client, base_url, token)
+    ticket = await new_ticket(http_client, base_url, token)
+    code, headers, body = await call(http_client, base_url, http_port, method,
+                                     path.format(thread=thread_id), bearer(ticket))
+    assert code == 401
+    assert json.loads(body)["error"] == "invalid_token"
+    assert 'error="invalid_token"' in headers["www-authenticate"]
+
+
+@pytest.mark.parametrize(("method", "path"), NON_STREAM_ROUTES)
+@pytest.mark.gen_test(timeout=10)
+async def test_query_token_is_ignored_on_a_non_stream_route(
+    http_client: Any, base_url: str, http_port: int, token: str, method: str, path: str
+) -> None:
+    thread_id = await new_thread(http_client, base_url, token)
+    for credential in (await new_ticket(http_client, base_url, token), token):
+        code, headers, _ = await call(
+            http_client, base_url, http_port, method,
+            path.format(thread=thread_id) + "?access_token=" + credential, {},
+        )
+        assert code == 401
+        assert headers["www-authenticate"] == BARE_CHALLENGE
+
+
+@pytest.mark.gen_test(timeout=10)
+async def test_revoked_session_token_is_401_on_chatkit_routes(
+    http_client: Any, base_url: str, token: str
+) -> None:
+    thread_id = await new_thread(http_client, base_url, token)
+    ended = await fetch(http_client, base_url + "/sessions/current", method="DELETE",
+                        headers=bearer(token))
+    assert ended.code == 204
+    response = await fetch(http_client, f"{base_url}/chatkit/threads/{thread_id}",
+                           headers=bearer(token))
+    assert response.code == 401
+    assert error_of(response) == "invalid_token"
