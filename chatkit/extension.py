@@ -108,3 +108,4 @@ class ChatkitExtension:
         if self._state is not None:
             await self._state.replies.close()
             await self._state.threads.close()
+            await self._state.upstream.close()

@@ -77,14 +77,19 @@ class Upstream(Protocol):
         """Create a hosted ChatKit session: ``{"client_secret": str, "expires_at": int}``."""
         ...
 
+    async def close(self) -> None:
+        """Release connections; called once at shutdown."""
+        ...
+
 
 class OpenAIUpstream:
     """An OpenAI-compatible API at ``base_url`` (e.g. ``https://api.openai.com/v1``).
 
-    A new ``AsyncOpenAI`` client is made for each call and closed after it: the key differs
-    per session token, and a client cached by key would keep clear secrets in a long-lived
-    map. ``timeout`` bounds connecting and each wait for data, seconds; ``max_retries`` is 0
-    by default so a failing upstream turns into a prompt 502 the browser can retry.
+    A new ``AsyncOpenAI`` client is made for each call, since the key differs per session
+    token and a client cached by key would keep clear secrets in a long-lived map; they all
+    share one HTTP connection pool, so a call costs no new TLS context or connection.
+    ``timeout`` bounds connecting and each wait for data, seconds; ``max_retries`` is 0 by
+    default so a failing upstream turns into a prompt 502 the browser can retry.
 
     The openai client also takes ``OPENAI_ORG_ID``, ``OPENAI_PROJECT_ID`` and
     ``OPENAI_CUSTOM_HEADERS`` from the environment; a warning is logged at construction
@@ -101,6 +106,11 @@ class OpenAIUpstream:
         self.base_url = base_url
         self.timeout = timeout
         self.max_retries = max_retries
+        self._http: openai.DefaultAsyncHttpxClient | None = None
+        # The SDK imports its type modules on first use, which takes most of a second of
+        # event-loop time; pay that at start-up instead of in the first user's request.
+        import openai.resources.beta.chatkit
+        import openai.resources.chat.completions
         ambient = [name for name in AMBIENT_OPENAI_ENV if os.environ.get(name)]
         if ambient:
             log.warning(
@@ -115,12 +125,22 @@ class OpenAIUpstream:
         key = api_key.reveal()
         if not _HEADER_SAFE.fullmatch(key):
             raise UpstreamError("upstream api key is not a valid header value")
+        if self._http is None or self._http.is_closed:
+            self._http = openai.DefaultAsyncHttpxClient()
+        # Not closed after the call: closing an AsyncOpenAI closes the shared pool.
         return openai.AsyncOpenAI(
             api_key=key,
             base_url=self.base_url,
             timeout=self.timeout,
             max_retries=self.max_retries,
+            http_client=self._http,
         )
+
+    async def close(self) -> None:
+        """Close the shared connection pool."""
+        if self._http is not None:
+            await self._http.aclose()
+            self._http = None
 
     async def stream_reply(
         self, api_key: Secret, model: str, messages: list[dict[str, str]]
@@ -128,19 +148,18 @@ class OpenAIUpstream:
         """Stream ``chat.completions`` deltas; see :meth:`Upstream.stream_reply`."""
         client = self._client(api_key)
         try:
-            async with client:
-                stream = await client.chat.completions.create(
-                    model=model,
-                    messages=cast("list[ChatCompletionMessageParam]", messages),
-                    stream=True,
-                )
-                # Leaving this block, normally, by error, or because the consumer closed
-                # us (GeneratorExit at the yield) or was cancelled, closes the response.
-                async with stream:
-                    async for chunk in stream:
-                        text = _delta_text(chunk)
-                        if text:
-                            yield text
+            stream = await client.chat.completions.create(
+                model=model,
+                messages=cast("list[ChatCompletionMessageParam]", messages),
+                stream=True,
+            )
+            # Leaving this block, normally, by error, or because the consumer closed us
+            # (GeneratorExit at the yield) or was cancelled, closes the response.
+            async with stream:
+                async for chunk in stream:
+                    text = _delta_text(chunk)
+                    if text:
+                        yield text
         except UpstreamError:
             raise
         except Exception as err:
@@ -154,14 +173,13 @@ class OpenAIUpstream:
             raise UpstreamError("chatkit.workflow_id is not configured")
         client = self._client(api_key)
         try:
-            async with client:
-                session = await client.beta.chatkit.sessions.create(
-                    workflow={"id": workflow_id},
-                    user=user,
-                    # The SDK adds this header itself today; the contract requires it, so
-                    # it is stated here too rather than left to an SDK detail.
-                    extra_headers=CHATKIT_BETA_HEADER,
-                )
+            session = await client.beta.chatkit.sessions.create(
+                workflow={"id": workflow_id},
+                user=user,
+                # The SDK adds this header itself today; the contract requires it, so it is
+                # stated here too rather than left to an SDK detail.
+                extra_headers=CHATKIT_BETA_HEADER,
+            )
         except Exception as err:
             raise _upstream_error("chatkit session", err) from None
         client_secret = getattr(session, "client_secret", None)
@@ -238,6 +256,9 @@ class EchoUpstream:
             if index and self.delay:
                 await asyncio.sleep(self.delay)
             yield piece
+
+    async def close(self) -> None:
+        """Nothing to release."""
 
     async def create_chatkit_session(
         self, api_key: Secret, workflow_id: str, user: str

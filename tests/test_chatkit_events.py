@@ -75,7 +75,9 @@ def upstream(io_loop: Any, upstream_kind: str, fake: FakeUpstream) -> Iterator[U
         yield EchoUpstream()
         return
     server, url = start_fake_upstream(fake)
-    yield OpenAIUpstream(url, timeout=WAIT)
+    client = OpenAIUpstream(url, timeout=WAIT)
+    yield client
+    io_loop.run_sync(client.close)
     server.stop()
     io_loop.run_sync(server.close_all_connections, timeout=WAIT)
 

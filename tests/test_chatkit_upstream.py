@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import traceback
+from collections.abc import Iterator
 from contextlib import aclosing
+from typing import Any
 
 import pytest
 import tornado.web
@@ -43,8 +45,10 @@ def app(fake: FakeUpstream) -> tornado.web.Application:
 
 
 @pytest.fixture
-def upstream(http_server: object, http_port: int) -> OpenAIUpstream:
-    return OpenAIUpstream(f"http://127.0.0.1:{http_port}/v1", timeout=WAIT)
+def upstream(http_server: object, http_port: int, io_loop: Any) -> Iterator[OpenAIUpstream]:
+    client = OpenAIUpstream(f"http://127.0.0.1:{http_port}/v1", timeout=WAIT)
+    yield client
+    io_loop.run_sync(client.close)
 
 
 async def collect(upstream: Upstream, key: str = KEY) -> list[str]:
@@ -114,6 +118,7 @@ async def test_hanging_upstream_times_out_as_upstream_error(
     upstream = OpenAIUpstream(f"http://127.0.0.1:{http_port}/v1", timeout=0.3)
     with pytest.raises(UpstreamError) as caught:
         await collect(upstream)
+    await upstream.close()
     assert "timed out" in caught.value.log_message
     assert_no_leak(caught.value, KEY)
 
@@ -123,6 +128,7 @@ async def test_connection_refused_is_upstream_error() -> None:
     upstream = OpenAIUpstream("http://127.0.0.1:9/v1", timeout=1.0)
     with pytest.raises(UpstreamError) as caught:
         await collect(upstream)
+    await upstream.close()
     assert_no_leak(caught.value, KEY)
 
 
