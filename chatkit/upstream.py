@@ -13,6 +13,7 @@ is not chained (``from None``): a logged traceback would print its message.
 from __future__ import annotations
 
 import asyncio
+import importlib
 import logging
 import os
 import re
@@ -109,8 +110,8 @@ class OpenAIUpstream:
         self._http: openai.DefaultAsyncHttpxClient | None = None
         # The SDK imports its type modules on first use, which takes most of a second of
         # event-loop time; pay that at start-up instead of in the first user's request.
-        import openai.resources.beta.chatkit
-        import openai.resources.chat.completions
+        for module in ("openai.resources.beta.chatkit", "openai.resources.chat.completions"):
+            importlib.import_module(module)
         ambient = [name for name in AMBIENT_OPENAI_ENV if os.environ.get(name)]
         if ambient:
             log.warning(
