@@ -2,23 +2,19 @@
 
 Start-up order matters: configuration, key ring and clients are checked in the parent
 before any socket is bound or process forked, so a bad set-up stops with one line and
-exit status 2. With ``--workers N`` the parent binds the port once, forks N children that
-share it (Tornado's pre-fork model), forwards SIGHUP/SIGTERM/SIGINT to them and restarts a
-child that dies unexpectedly.
+exit status 2. With ``--workers N`` the parent binds the port once and hands over to
+:mod:`tokensvc.workers`, which forks the children that share it and supervises them.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import signal
 import sys
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from types import FrameType
 
 import tornado.httpserver
 import tornado.netutil
@@ -31,6 +27,7 @@ from tokensvc.keyreload import KeyRingReloader
 from tokensvc.keystore import PASSPHRASE_ENV, ensure_ring
 from tokensvc.providers import make_provider
 from tokensvc.revocation.factory import make_store
+from tokensvc.workers import Supervisor
 
 __all__ = ["MAX_BODY_BYTES", "prepare", "run"]
 
@@ -39,7 +36,6 @@ log = logging.getLogger("tokensvc.server")
 # Above every endpoint's own limit (64 KiB for /sessions, a chat message for ChatKit),
 # so those answer 413 themselves; a body past this is refused by the HTTP layer.
 MAX_BODY_BYTES = 1024 * 1024
-_MAX_RESTARTS = 20
 _SHUTDOWN_GRACE = 5.0
 
 
@@ -100,11 +96,23 @@ def run(prepared: Prepared) -> int:
         print(notice, flush=True)
     if config.server.workers == 1:
         return asyncio.run(_serve(prepared, sockets, url, announce=True))
-    return _supervise(prepared, sockets, url)
+
+    def serve_worker(_index: int, ready_fd: int | None) -> int:
+        return asyncio.run(_serve(prepared, sockets, url, announce=False, ready_fd=ready_fd))
+
+    workers = config.server.workers
+    return Supervisor(workers, serve_worker).run(
+        on_ready=lambda: print(f"tokensvc listening on {url} ({workers} workers)", flush=True)
+    )
 
 
 async def _serve(
-    prepared: Prepared, sockets: Sequence[object], url: str, *, announce: bool
+    prepared: Prepared,
+    sockets: Sequence[object],
+    url: str,
+    *,
+    announce: bool,
+    ready_fd: int | None = None,
 ) -> int:
     config = prepared.config
     reloader = KeyRingReloader(
@@ -153,6 +161,9 @@ async def _serve(
     reload_check = loop.create_task(reloader.check_async())
     if announce:
         print(f"tokensvc listening on {url}", flush=True)
+    if ready_fd is not None:  # tell the supervisor this worker is serving
+        os.write(ready_fd, b"1")
+        os.close(ready_fd)
     log.info("serving on %s (pid %d)", url, os.getpid())
     await stop.wait()
 
@@ -169,77 +180,3 @@ async def _serve(
     await provider.close()
     await store.close()
     return 0
-
-
-def _supervise(prepared: Prepared, sockets: Sequence[object], url: str) -> int:
-    """Fork the workers, forward signals, restart crashed ones, and wait."""
-    workers = prepared.config.server.workers
-    children: dict[int, int] = {}  # pid -> worker index
-    stopping = False
-
-    forwarded = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
-
-    def start_worker(index: int) -> None:
-        # Forwarded signals wait while forking: a new child must not run the parent's
-        # handler, and the parent must know a child's pid before it forwards anything to it.
-        signal.pthread_sigmask(signal.SIG_BLOCK, forwarded)
-        try:
-            if stopping:  # e.g. SIGTERM during a restart's pause: start nothing
-                return
-            pid = os.fork()
-            if pid == 0:
-                # Child: default dispositions for the stop signals, SIGHUP ignored until the
-                # serving loop takes it over, then serve on the shared sockets.
-                for sig in (signal.SIGTERM, signal.SIGINT):
-                    signal.signal(sig, signal.SIG_DFL)
-                signal.signal(signal.SIGHUP, signal.SIG_IGN)
-                signal.pthread_sigmask(signal.SIG_UNBLOCK, forwarded)
-                code = 1
-                try:
-                    code = asyncio.run(_serve(prepared, sockets, url, announce=False))
-                except BaseException:
-                    log.exception("worker %d failed", index)
-                finally:
-                    os._exit(code)
-            children[pid] = index
-            if stopping:  # the handler ran between the check and the fork
-                os.kill(pid, signal.SIGTERM)
-        finally:
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, forwarded)
-
-    def forward(signum: int, _frame: FrameType | None) -> None:
-        nonlocal stopping
-        if signum in (signal.SIGTERM, signal.SIGINT):
-            stopping = True
-        for pid in list(children):
-            with contextlib.suppress(ProcessLookupError):  # it exited meanwhile
-                os.kill(pid, signum)
-
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(sig, forward)
-    for index in range(workers):
-        start_worker(index)
-    print(f"tokensvc listening on {url} ({workers} workers)", flush=True)
-
-    restarts = 0
-    while children:
-        try:
-            pid, status = os.wait()
-        except ChildProcessError:
-            break
-        except InterruptedError:  # pragma: no cover - PEP 475 retries os.wait
-            continue
-        index = children.pop(pid, -1)
-        if index < 0 or stopping:
-            continue
-        code = os.waitstatus_to_exitcode(status)
-        if restarts >= _MAX_RESTARTS:
-            log.error("worker %d exited (%d); too many restarts, stopping", index, code)
-            forward(signal.SIGTERM, None)
-            continue
-        restarts += 1
-        log.warning("worker %d exited (%d); restarting", index, code)
-        time.sleep(min(1.0, 0.1 * restarts))
-        start_worker(index)
-    return 0
-
