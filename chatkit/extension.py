@@ -19,11 +19,25 @@ from chatkit.replies import ReplyTasks
 from chatkit.streams import StreamRegistry
 from chatkit.threads import THREAD_ID_PATTERN, ThreadStore
 from chatkit.upstream import Upstream, make_upstream
-from tokensvc import Config, Services
+from tokensvc import BaseHandler, Config, Services
 
 __all__ = ["STATIC_DIR", "ChatkitExtension", "ChatkitState"]
 
 STATIC_DIR = Path(__file__).parent / "static"
+
+
+class StaticHandler(tornado.web.StaticFileHandler, BaseHandler):
+    """The browser client's files, with tokensvc's headers, JSON errors and masked logs.
+
+    StaticFileHandler comes first for serving; BaseHandler supplies set_default_headers,
+    write_error and log_exception, which StaticFileHandler does not define.
+    """
+
+    # The two bases' initialize() signatures differ; this one takes the URL rule's kwargs
+    # and hands each base what it expects.
+    def initialize(self, **kwargs: Any) -> None:  # type: ignore[override]
+        BaseHandler.initialize(self)
+        tornado.web.StaticFileHandler.initialize(self, **kwargs)
 
 
 @dataclasses.dataclass
@@ -71,7 +85,7 @@ class ChatkitExtension:
             (rf"/chatkit/threads/{thread}", ThreadHandler, kwargs),
             (rf"/chatkit/threads/{thread}/messages", MessagesHandler, kwargs),
             (rf"/chatkit/threads/{thread}/events", EventsHandler, kwargs),
-            (r"/chatkit/static/(.*)", tornado.web.StaticFileHandler, {"path": str(STATIC_DIR)}),
+            (r"/chatkit/static/(.*)", StaticHandler, {"path": str(STATIC_DIR)}),
         ]
         if services.config.server.demo:
             from chatkit.demo import demo_routes

@@ -22,6 +22,7 @@ from tests.support import (
 )
 from tokensvc.clients import (
     DEFAULT_CLIENT_ID,
+    FAILED_AUTH_PER_MINUTE,
     ClientRegistry,
     RateLimiter,
     bootstrap_client,
@@ -104,16 +105,6 @@ def test_unencoded_colon_in_secret_is_kept() -> None:
     secret = "left:right-and-long-enough"
     registry = ClientRegistry([client("c", secret)])
     assert registry.authenticate(basic("c", secret)).client_id == "c"
-
-
-def test_registry_lookup_by_id(registry: ClientRegistry) -> None:
-    found = registry.get(CLIENT_ID)
-    assert found is not None
-    assert found.secret_sha256 == hashlib.sha256(CLIENT_SECRET.encode()).hexdigest()
-    assert registry.get("nobody") is None
-
-
-# -- rate limits ---------------------------------------------------------------------
 
 
 def test_burst_up_to_rate_limit_then_too_many_requests(clock: FakeClock) -> None:
@@ -237,3 +228,48 @@ def test_bootstrap_refuses_an_empty_secret_file(tmp_path: Path) -> None:
     path.chmod(0o600)
     with pytest.raises(ConfigError, match="usable client secret"):
         bootstrap_client(tmp_path)
+
+
+def test_available_does_not_consume(clock: FakeClock) -> None:
+    limiter = RateLimiter(clock=clock)
+    limiter.take("k", 1)
+    assert not limiter.available("k", 1)
+    assert not limiter.available("k", 1)
+    clock.advance(60)
+    assert limiter.available("k", 1)
+    assert limiter.available("k", 1)  # still there: available() took nothing
+    limiter.take("k", 1)
+    with pytest.raises(TooManyRequests):
+        limiter.take("k", 1)
+
+
+def test_refilled_buckets_are_pruned(clock: FakeClock) -> None:
+    limiter = RateLimiter(clock=clock)
+    for n in range(RateLimiter.PRUNE_EVERY - 1):
+        limiter.take(f"ip-{n}", 10)
+    assert len(limiter) == RateLimiter.PRUNE_EVERY - 1
+    clock.advance(60)  # every bucket is full again
+    limiter.take("fresh", 10)  # the PRUNE_EVERY-th call prunes first
+    assert len(limiter) == 1
+
+
+def test_failed_authentications_are_throttled_per_address_and_client(clock: FakeClock) -> None:
+    registry = ClientRegistry([client("c", "right-secret-0123456789")], clock=clock)
+    for _ in range(FAILED_AUTH_PER_MINUTE):
+        with pytest.raises(InvalidClient):
+            registry.authenticate(basic("c", "wrong-guess-0123456789"), "10.0.0.9")
+    # Now even the right secret waits, from that address, for that client id...
+    with pytest.raises(TooManyRequests) as caught:
+        registry.authenticate(basic("c", "right-secret-0123456789"), "10.0.0.9")
+    assert caught.value.retry_after is not None
+    assert caught.value.retry_after >= 1
+    # ...but not from another address: nobody can lock a client out from elsewhere.
+    assert registry.authenticate(basic("c", "right-secret-0123456789"), "10.0.0.7")
+    clock.advance(60)
+    assert registry.authenticate(basic("c", "right-secret-0123456789"), "10.0.0.9")
+
+
+def test_successful_authentications_are_not_throttled(clock: FakeClock) -> None:
+    registry = ClientRegistry([client("c", "right-secret-0123456789")], clock=clock)
+    for _ in range(FAILED_AUTH_PER_MINUTE * 3):
+        registry.authenticate(basic("c", "right-secret-0123456789"), "10.0.0.9")

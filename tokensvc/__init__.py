@@ -10,6 +10,7 @@ from tokensvc.config import Config, load_config
 from tokensvc.errors import (
     ApiError,
     ConfigError,
+    InvalidGrant,
     InvalidRequest,
     InvalidToken,
     NotFound,
@@ -23,6 +24,7 @@ from tokensvc.errors import (
 from tokensvc.redacted import Secret
 from tokensvc.revocation.base import RevocationEntry, RevocationStore
 from tokensvc.services import Services
+from tokensvc.sessions import session_response, start_session
 from tokensvc.web import BaseHandler
 
 __version__ = "0.1.0"
@@ -36,6 +38,7 @@ __all__ = [
     "Config",
     "ConfigError",
     "Extension",
+    "InvalidGrant",
     "InvalidRequest",
     "InvalidToken",
     "NotFound",
@@ -55,4 +58,6 @@ __all__ = [
     "build_services",
     "load_config",
     "make_app",
+    "session_response",
+    "start_session",
 ]

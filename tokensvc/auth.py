@@ -25,7 +25,7 @@ from tokensvc.errors import (
     InvalidToken,
     MissingToken,
     StoreUnavailable,
-    TemporarilyUnavailable,
+    store_unavailable,
 )
 from tokensvc.redacted import Secret
 from tokensvc.services import Services
@@ -35,8 +35,6 @@ __all__ = ["TokenAuthMixin"]
 log = logging.getLogger("tokensvc.auth")
 
 QUERY_TOKEN_PARAM = "access_token"  # noqa: S105 - a parameter name
-# How long a client should wait before retrying when the revocation store cannot answer.
-STORE_RETRY_AFTER = 2
 
 
 class TokenAuthMixin:
@@ -100,9 +98,7 @@ class TokenAuthMixin:
                 raise InvalidToken("stream ticket already used")
         except StoreUnavailable as err:
             # Fail closed: without a trustworthy revocation list no token is accepted.
-            raise TemporarilyUnavailable(
-                "revocation store unavailable", retry_after=STORE_RETRY_AFTER
-            ) from err
+            raise store_unavailable(err) from err
         if self.required_scope is not None and not claims.has_scope(self.required_scope):
             raise InsufficientScope(self.required_scope, "token lacks the route's scope")
         return claims

@@ -140,12 +140,6 @@ class Config:
             return self.revocation.path
         return self.keys.dir.parent / "revocations.jsonl"
 
-    def client(self, client_id: str) -> ClientConfig | None:
-        for client in self.clients:
-            if client.client_id == client_id:
-                return client
-        return None
-
     def with_clients(self, clients: tuple[ClientConfig, ...]) -> Config:
         return dataclasses.replace(self, clients=clients)
 

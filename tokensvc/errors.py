@@ -15,8 +15,8 @@ errors, not under them: they stop start-up, they are never an HTTP answer.
 from __future__ import annotations
 
 __all__ = [
+    "STORE_RETRY_AFTER",
     "ApiError",
-    "BadRequest",
     "ConfigError",
     "InsufficientScope",
     "InvalidClient",
@@ -39,9 +39,12 @@ __all__ = [
     "UnknownSecret",
     "UnsupportedMediaType",
     "UpstreamError",
+    "store_unavailable",
 ]
 
 REALM = "tokensvc"
+# Seconds a client should wait before retrying when the revocation store cannot answer.
+STORE_RETRY_AFTER = 2
 
 
 class TokensvcError(Exception):
@@ -94,10 +97,6 @@ class ApiError(TokensvcError):
         if self.retry_after is not None:
             headers["Retry-After"] = str(max(1, int(self.retry_after)))
         return headers
-
-
-class BadRequest(ApiError):
-    """Generic 400 for framework-level request problems."""
 
 
 class InvalidRequest(ApiError):
@@ -243,6 +242,13 @@ class TemporarilyUnavailable(ApiError):
     status_code = 503
     error = "temporarily_unavailable"
     description = "The service is temporarily unavailable; retry later."
+
+
+def store_unavailable(err: StoreUnavailable) -> TemporarilyUnavailable:
+    """The one HTTP answer to a revocation store that cannot answer: fail closed, 503."""
+    return TemporarilyUnavailable(
+        f"revocation store unavailable: {err}", retry_after=STORE_RETRY_AFTER
+    )
 
 
 class UpstreamError(ApiError):

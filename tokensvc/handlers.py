@@ -8,17 +8,14 @@ from typing import Any
 from tokensvc.auth import TokenAuthMixin
 from tokensvc.claims import SESSION, TICKET, Claims
 from tokensvc.errors import (
-    InvalidGrant,
     InvalidRequest,
     InvalidToken,
-    ProviderUnavailable,
     StoreUnavailable,
-    TemporarilyUnavailable,
     UnauthorizedClient,
-    UnknownSecret,
+    store_unavailable,
 )
 from tokensvc.revocation.base import RevocationEntry, RevocationKind
-from tokensvc.tokens import IssuedToken
+from tokensvc.sessions import session_response, start_session
 from tokensvc.validation import (
     only_fields,
     optional_ttl,
@@ -33,36 +30,15 @@ __all__ = ["routes"]
 
 log = logging.getLogger("tokensvc.sessions")
 
-PROVIDER_RETRY_AFTER = 5
-STORE_RETRY_AFTER = 2
 
-
-class _TokenResponseMixin:
-    """Renders a session token answer (``POST /sessions`` and refresh share it)."""
-
-    def write_session(self: Any, issued: IssuedToken) -> None:
-        claims = issued.claims
-        now = self.services.clock()
-        self.services.metrics.inc("tokensvc_tokens_issued_total", "kind", "session")
-        self.no_store()
-        self.write_json(
-            {
-                "access_token": issued.token,
-                "token_type": "Bearer",
-                "expires_in": max(0, int(claims.exp - now)),
-                "expires_at": int(claims.exp),
-                "session_id": claims.sid,
-                "scope": " ".join(sorted(claims.scope)),
-            }
-        )
-
-
-class SessionsHandler(_TokenResponseMixin, BaseHandler):
+class SessionsHandler(BaseHandler):
     """``POST /sessions``: a client trades a secret_key_id for a session token."""
 
     async def post(self) -> None:
         services = self.services
-        client = services.clients.authenticate(self.request.headers.get("Authorization"))
+        client = services.clients.authenticate(
+            self.request.headers.get("Authorization"), self.request.remote_ip or ""
+        )
         services.rate_limiter.check(client)
         body = self.json_body()
         only_fields(body, {"secret_key_id", "user", "ttl", "scope"})
@@ -71,35 +47,15 @@ class SessionsHandler(_TokenResponseMixin, BaseHandler):
         tokens = services.config.tokens
         ttl = optional_ttl(body.get("ttl"), max_ttl=tokens.max_ttl) or tokens.ttl
         scope = requested_scope(body.get("scope"))
-        # Checked before the lookup: the holder is never asked about an id this client
-        # may not use, so a client cannot probe which ids exist.
-        if not client.may_use(skid):
-            raise UnauthorizedClient(f"client {client.client_id} may not use that id")
-        # The just-in-time lookup: the only place a secret is fetched.
-        try:
-            secret = await services.provider.resolve(skid)
-        except UnknownSecret as err:
-            services.metrics.inc("tokensvc_secret_lookups_total", "outcome", "unknown")
-            raise InvalidGrant("secret holder does not know the id") from err
-        except ProviderUnavailable as err:
-            services.metrics.inc("tokensvc_secret_lookups_total", "outcome", "unavailable")
-            raise TemporarilyUnavailable(
-                "secret holder unavailable", retry_after=PROVIDER_RETRY_AFTER
-            ) from err
-        services.metrics.inc("tokensvc_secret_lookups_total", "outcome", "found")
-        issued = services.issuer.issue_session(
-            client_id=client.client_id,
-            sub=user or client.client_id,
-            skid=skid,
-            secret=secret,
-            scope=scope,
-            ttl=ttl,
+        issued = await start_session(
+            services, client, secret_key_id=skid, user=user, ttl=ttl, scope=scope
         )
         log.info("session %s issued to client %s", issued.claims.sid, client.client_id)
-        self.write_session(issued)
+        self.no_store()
+        self.write_json(session_response(services, issued))
 
 
-class RefreshHandler(_TokenResponseMixin, TokenAuthMixin, BaseHandler):
+class RefreshHandler(TokenAuthMixin, BaseHandler):
     """``POST /sessions/refresh``: a new token for the same session, secret re-sealed."""
 
     required_scope = None
@@ -111,7 +67,9 @@ class RefreshHandler(_TokenResponseMixin, TokenAuthMixin, BaseHandler):
         ttl = optional_ttl(body.get("ttl"), max_ttl=tokens.max_ttl) or tokens.ttl
         # No new lookup: the secret comes out of the presented token.
         secret = self.upstream_secret()
-        self.write_session(self.services.issuer.refresh(self.claims, secret, ttl))
+        issued = self.services.issuer.refresh(self.claims, secret, ttl)
+        self.no_store()
+        self.write_json(session_response(self.services, issued))
 
 
 class TicketHandler(TokenAuthMixin, BaseHandler):
@@ -134,12 +92,18 @@ class TicketHandler(TokenAuthMixin, BaseHandler):
 class _RevokerMixin:
     """Records revocations; a store failure is a 503, never a false success."""
 
-    async def record(self: Any, kind: RevocationKind, value: str, claims_client: str,
-                     expires_at: float, not_after: float | None = None) -> None:
+    async def record(
+        self: Any,
+        kind: RevocationKind,
+        value: str,
+        client_id: str,
+        expires_at: float,
+        not_after: float | None = None,
+    ) -> None:
         entry = RevocationEntry(
             kind=kind,
             value=value,
-            client_id=claims_client,
+            client_id=client_id,
             iss=self.services.config.tokens.issuer,
             expires_at=expires_at,
             not_after=not_after,
@@ -147,11 +111,9 @@ class _RevokerMixin:
         try:
             await self.services.revocations.revoke(entry)
         except StoreUnavailable as err:
-            raise TemporarilyUnavailable(
-                "revocation store unavailable", retry_after=STORE_RETRY_AFTER
-            ) from err
+            raise store_unavailable(err) from err
         self.services.metrics.inc("tokensvc_revocations_total", "kind", kind)
-        log.info("revoked %s for client %s", kind, claims_client)
+        log.info("revoked %s for client %s", kind, client_id)
 
     def session_expiry(self: Any, claims: Claims) -> float:
         return float(claims.session_end + self.services.config.tokens.leeway)
@@ -175,7 +137,9 @@ class RevokeHandler(_RevokerMixin, BaseHandler):
 
     async def post(self) -> None:
         services = self.services
-        client = services.clients.authenticate(self.request.headers.get("Authorization"))
+        client = services.clients.authenticate(
+            self.request.headers.get("Authorization"), self.request.remote_ip or ""
+        )
         body = self.json_body()
         fields = {"token", "session_id", "secret_key_id", "user"}
         only_fields(body, fields)
