@@ -19,6 +19,7 @@ import math
 import re
 import secrets
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -28,7 +29,7 @@ import jwt
 from tokensvc.claims import SESSION, TICKET, Claims, TokenType
 from tokensvc.config import TokensConfig
 from tokensvc.errors import InvalidToken
-from tokensvc.keys import RingSource
+from tokensvc.keys import KeyRing, RingSource
 from tokensvc.redacted import Secret
 from tokensvc.sealing import Sealer
 
@@ -170,7 +171,16 @@ class TokenIssuer:
 
 
 class TokenVerifier:
-    """Checks shape, header, signature and claims of a token, in the contract's order."""
+    """Checks shape, header, signature and claims of a token, in the contract's order.
+
+    Tokens that passed the signature and claim checks are remembered (an LRU of
+    ``cache_size`` entries, keyed by the exact token string, emptied whenever the key ring
+    changes), because a chat panel presents the same token on every request of its
+    session and PyJWT's decoding costs most of a protected request. Only checks whose
+    answer cannot change are skipped on a hit: the shape is checked again, and the time
+    claims, the route's token type and (by the caller) the revocation list are checked on
+    every request.
+    """
 
     def __init__(
         self,
@@ -178,10 +188,14 @@ class TokenVerifier:
         ring: RingSource,
         *,
         clock: Callable[[], float] = time.time,
+        cache_size: int = 4096,
     ) -> None:
         self._config = config
         self._ring = ring
         self._clock = clock
+        self._cache_size = cache_size
+        self._verified: OrderedDict[str, Claims] = OrderedDict()
+        self._verified_ring: KeyRing | None = None
 
     def verify(self, token: str, accept: TokenType | frozenset[TokenType]) -> Claims:
         """Claims of a valid token of an accepted type; InvalidToken otherwise.
@@ -195,6 +209,27 @@ class TokenVerifier:
         # fullmatch: "$" alone would let a trailing newline through the shape check.
         if len(token) > MAX_TOKEN_BYTES or not _SHAPE.fullmatch(token):
             raise InvalidToken("malformed token")
+        ring = self._ring()
+        if ring is not self._verified_ring:  # rotated or reloaded: nothing carries over
+            self._verified.clear()
+            self._verified_ring = ring
+        claims = self._verified.get(token)
+        if claims is None:
+            claims = self._verify_signed(token, accepted, ring)
+            self._verified[token] = claims
+            if len(self._verified) > self._cache_size:
+                self._verified.popitem(last=False)
+        else:
+            self._verified.move_to_end(token)
+            if claims.token_type not in accepted:
+                raise InvalidToken("wrong token type")
+        self._check_times(claims, claims.token_type)
+        return claims
+
+    def _verify_signed(
+        self, token: str, accepted: frozenset[TokenType], ring: KeyRing
+    ) -> Claims:
+        """Steps 3 and 4 but the clock: header, signature and claims."""
         # 3. Header: decoded by hand, so the key is chosen from our ring by kid and the
         # algorithm comes from that key.
         header = _decode_header(token.split(".", 1)[0])
@@ -202,7 +237,7 @@ class TokenVerifier:
         if forbidden:
             raise InvalidToken(f"forbidden header parameter {sorted(forbidden)[0]}")
         kid = header.get("kid")
-        key = self._ring().verifying_key(kid) if isinstance(kid, str) else None
+        key = ring.verifying_key(kid) if isinstance(kid, str) else None
         if key is None:
             raise InvalidToken("unknown key id")
         if header.get("alg") != key.algorithm:
@@ -232,9 +267,7 @@ class TokenVerifier:
         except jwt.PyJWTError as err:
             # The class name says what failed; PyJWT's text never reaches a client.
             raise InvalidToken(f"jwt rejected the token: {type(err).__name__}") from err
-        claims = _claims(payload, expected, key.kid)
-        self._check_times(claims, expected)
-        return claims
+        return _claims(payload, expected, key.kid)
 
     def _check_times(self, claims: Claims, expected: TokenType) -> None:
         now = self._clock()
