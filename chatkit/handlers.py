@@ -1,4 +1,13 @@
-"""The ChatKit routes. Every one is protected by tokensvc's TokenAuthMixin, nothing else."""
+"""The ChatKit routes. Every one is protected by tokensvc's TokenAuthMixin, nothing else.
+
+Everything here belongs to an owner, the token's client and subject together
+(:func:`~chatkit.threads.owner_of`): threads, open streams, running replies and the write
+rate. Limits, each per owner and per process unless noted: ``max_streams_per_subject`` open
+streams, :data:`~chatkit.replies.DEFAULT_MAX_REPLIES_PER_OWNER` running replies and
+:data:`~chatkit.replies.DEFAULT_WRITES_PER_MINUTE` thread and message writes a minute
+(429 with Retry-After past each), and :data:`MAX_THREAD_MESSAGES` messages per thread
+(400 past it, in every process).
+"""
 
 from __future__ import annotations
 
@@ -17,6 +26,7 @@ from chatkit.threads import (
     check_message_text,
     follow,
     message_event_data,
+    owner_of,
 )
 from tokensvc import (
     BaseHandler,
@@ -47,6 +57,9 @@ MAX_MESSAGE_BODY_BYTES = 12 * MAX_MESSAGE_CHARS + 1024
 TOKEN_EXPIRING_LEAD = 30.0
 # How long the browser waits before reconnecting by itself (EventSource "retry:").
 RECONNECT_MS = 2000
+#: Messages a thread may hold; once it holds this many, posting another is a 400. A reply
+#: already under way still lands, so a thread ends with at most a few more.
+MAX_THREAD_MESSAGES = 1000
 
 
 class ChatkitHandler(TokenAuthMixin, BaseHandler):
@@ -59,11 +72,16 @@ class ChatkitHandler(TokenAuthMixin, BaseHandler):
         super().initialize()
         self.state = kwargs["state"]
 
+    @property
+    def owner(self) -> str:
+        """Who the token acts for: its client and its subject."""
+        return owner_of(self.claims)
+
     async def owned_thread(self, thread_id: str) -> Thread:
-        """The thread if it is this subject's; 404 alike for missing and foreign ones."""
-        thread = await self.state.threads.get_thread(thread_id, self.claims.sub)
+        """The thread if it is this owner's; 404 alike for missing and foreign ones."""
+        thread = await self.state.threads.get_thread(thread_id, self.owner)
         if thread is None:
-            raise NotFound("no such thread for this subject")
+            raise NotFound("no such thread for this owner")
         return thread
 
 
@@ -83,10 +101,11 @@ class ChatkitSessionHandler(ChatkitHandler):
 
 
 class ThreadsHandler(ChatkitHandler):
-    """``POST /chatkit/threads``: a new thread owned by the token's subject."""
+    """``POST /chatkit/threads``: a new thread owned by the token's client and subject."""
 
     async def post(self) -> None:
-        thread_id = await self.state.threads.create_thread(self.claims.sub)
+        self.state.replies.writes.take(self.owner)
+        thread_id = await self.state.threads.create_thread(self.owner)
         self.write_json({"id": thread_id}, status=201)
 
 
@@ -119,9 +138,16 @@ class MessagesHandler(ChatkitHandler):
             raise InvalidRequest("text is not valid Unicode") from None
         await self.owned_thread(thread_id)
         secret = self.upstream_secret()
-        message = await self.state.threads.add_message(thread_id, self.claims.sub, "user", text)
-        response_id = "resp_" + secrets.token_urlsafe(12)
-        self.state.replies.start(self.claims, thread_id, response_id, secret)
+        owner = self.owner
+        replies = self.state.replies
+        # The reply slot first: a message refused for it must not be stored without a reply.
+        with replies.reserve(owner) as slot:
+            replies.writes.take(owner)
+            message = await self.state.threads.add_message(
+                thread_id, owner, "user", text, limit=MAX_THREAD_MESSAGES
+            )
+            response_id = "resp_" + secrets.token_urlsafe(12)
+            slot.start(self.claims, thread_id, response_id, secret)
         self.write_json({"message_id": message.id, "response_id": response_id}, status=202)
 
 
@@ -191,6 +217,8 @@ class EventsHandler(ChatkitHandler):
         try:
             if not await self._send(f"retry: {RECONNECT_MS}\n\n".encode()):
                 return
+            next_check = services.clock() + heartbeat
+            quiet = True  # no thread event sent since the last check
             while self._closing_event is None:
                 now = services.clock()
                 if now >= stream_end:
@@ -200,13 +228,29 @@ class EventsHandler(ChatkitHandler):
                     warned = True
                     if not await self._control("token_expiring", {"expires_at": int(stream_end)}):
                         return
-                until_warning = stream_end - TOKEN_EXPIRING_LEAD - now
-                wait = min(heartbeat, stream_end - now)
-                if not warned and until_warning > 0:
-                    wait = min(wait, until_warning)
+                if now >= next_check:
+                    # Every heartbeat, busy or quiet: re-check the revocation list (in case a
+                    # notification was missed), the signing key and the store's freshness; a
+                    # stream that never goes quiet must not escape them. After a quiet
+                    # period, also keep proxies from timing the stream out.
+                    if not self._still_valid():
+                        break
+                    if quiet and not await self._send(encode_comment("ping")):
+                        break
+                    quiet = True
+                    next_check = now + heartbeat
+                wait = min(next_check, stream_end) - now
+                if not warned:
+                    wait = min(wait, stream_end - TOKEN_EXPIRING_LEAD - now)
                 try:
                     event = await self._subscription.get(timeout=max(0.01, wait))
                 except SubscriptionClosed:
+                    if self._closing_event is None:
+                        # Not closed by us (revocation, disconnect): the store dropped this
+                        # reader for falling too far behind. Say so; the page reconnects
+                        # and replays from the last event id it has.
+                        log.info("event stream ended: it fell behind its thread")
+                        self._closing_event = "lagging"
                     break
                 except ThreadStoreUnavailable:
                     # The headers are out, so no 503 can be sent any more: say so in the
@@ -215,19 +259,18 @@ class EventsHandler(ChatkitHandler):
                     self._closing_event = "unavailable"
                     break
                 if event is None:
-                    # Quiet period: keep proxies from timing out, and re-check the
-                    # revocation list in case a notification was missed.
-                    if not self._still_valid() or not await self._send(encode_comment("ping")):
-                        break
                     continue
                 frame = encode_event(json.dumps(event.data), event=event.kind, id=str(event.id))
                 if not await self._send(frame):
                     return
                 self._last_sent_id = event.id
+                quiet = False
             if self._closing_event in ("revoked", "session_expired"):
                 await self._control(self._closing_event, {})
             elif self._closing_event == "unavailable":
                 await self._control("error", {"code": "temporarily_unavailable"})
+            elif self._closing_event == "lagging":
+                await self._control("error", {"code": "stream_lagging"})
         finally:
             await self._subscription.aclose()
         if not self._finished:

@@ -5,29 +5,127 @@ bounded three ways so no upstream call is left running: an overall timeout, canc
 when a revocation matches the session that asked for it, and cancellation at shutdown.
 Cancelling the task closes the upstream HTTP stream (the upstream client's generator is
 closed as the task unwinds).
+
+What one owner (:func:`~chatkit.threads.owner_of`: a client and its subject) may cause is
+bounded too, per process: at most ``max_per_owner`` replies running at once, and at most
+``writes_per_minute`` thread and message writes (:class:`WriteRate`); past either, 429.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
+import math
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
 
 from chatkit.threads import ThreadStore
 from chatkit.upstream import Upstream
-from tokensvc import Claims, RevocationEntry, Secret, UpstreamError
+from tokensvc import Claims, RevocationEntry, Secret, TooManyRequests, UpstreamError
 
-__all__ = ["ReplyTasks"]
+__all__ = [
+    "DEFAULT_MAX_REPLIES_PER_OWNER",
+    "DEFAULT_WRITES_PER_MINUTE",
+    "ReplySlot",
+    "ReplyTasks",
+    "WriteRate",
+]
 
 log = logging.getLogger("chatkit.replies")
 
 DEFAULT_REPLY_TIMEOUT = 300.0
 # How many earlier messages of the thread go to the upstream with the new one.
 CONTEXT_MESSAGES = 50
+#: Replies one owner may have running at once, per process; one more message is a 429.
+DEFAULT_MAX_REPLIES_PER_OWNER = 4
+#: ``POST /chatkit/threads`` and ``POST .../messages`` together, per owner and minute, per
+#: process, in bursts of up to this many.
+DEFAULT_WRITES_PER_MINUTE = 60
+# A running reply usually ends within seconds; ask for a retry after about that long.
+REPLY_LIMIT_RETRY_AFTER = 5
+
+
+class WriteRate:
+    """A token bucket per owner: ``per_minute`` writes a minute, in bursts of that many.
+
+    Buckets that have refilled completely carry no information and are dropped now and
+    then, so many distinct owners cannot grow memory without bound.
+    """
+
+    PRUNE_EVERY = 1024
+
+    def __init__(
+        self,
+        per_minute: int = DEFAULT_WRITES_PER_MINUTE,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if per_minute < 1:
+            raise ValueError("per_minute must be at least 1")
+        self.per_minute = per_minute
+        self._clock = clock
+        self._buckets: dict[str, tuple[float, float]] = {}  # owner -> (tokens, as of)
+        self._calls = 0
+
+    def take(self, owner: str) -> None:
+        """Spend one write of ``owner``'s; TooManyRequests (with Retry-After) when none left."""
+        now = self._clock()
+        self._calls += 1
+        if self._calls % self.PRUNE_EVERY == 0:
+            self._prune(now)
+        tokens = self._tokens(owner, now)
+        if tokens < 1.0:
+            self._buckets[owner] = (tokens, now)
+            wait = (1.0 - tokens) * 60.0 / self.per_minute
+            raise TooManyRequests("owner at its write rate", retry_after=max(1, math.ceil(wait)))
+        self._buckets[owner] = (tokens - 1.0, now)
+
+    def _tokens(self, owner: str, now: float) -> float:
+        entry = self._buckets.get(owner)
+        if entry is None:
+            return float(self.per_minute)
+        tokens, as_of = entry
+        refill = max(0.0, now - as_of) * self.per_minute / 60.0
+        return min(float(self.per_minute), tokens + refill)
+
+    def _prune(self, now: float) -> None:
+        for owner in list(self._buckets):
+            if self._tokens(owner, now) >= self.per_minute:
+                del self._buckets[owner]
+
+    def __len__(self) -> int:
+        return len(self._buckets)
+
+
+class ReplySlot:
+    """One of an owner's reply slots, held from before its message is stored.
+
+    :meth:`start` hands the slot to the reply task, which frees it when it ends; see
+    :meth:`ReplyTasks.reserve`.
+    """
+
+    def __init__(self, replies: ReplyTasks, owner: str) -> None:
+        self.owner = owner
+        self.started = False
+        self._replies = replies
+
+    def start(self, claims: Claims, thread_id: str, response_id: str, secret: Secret) -> None:
+        """Start the reply to the thread's latest message in the background."""
+        if self.started:
+            raise RuntimeError("this reply slot has already started a reply")
+        self._replies._start(self.owner, claims, thread_id, response_id, secret)
+        self.started = True  # only now: the task frees the slot from here on
 
 
 class ReplyTasks:
-    """Starts, tracks and cancels the reply tasks of this process."""
+    """Starts, tracks, limits and cancels the reply tasks of this process.
+
+    ``writes`` is the per-owner :class:`WriteRate` that the thread and message routes draw
+    on; it is kept here, with the reply limit, as this process's one budget per owner.
+    """
 
     def __init__(
         self,
@@ -36,19 +134,59 @@ class ReplyTasks:
         model: str,
         *,
         timeout: float = DEFAULT_REPLY_TIMEOUT,
+        max_per_owner: int = DEFAULT_MAX_REPLIES_PER_OWNER,
+        writes_per_minute: int = DEFAULT_WRITES_PER_MINUTE,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        if max_per_owner < 1:
+            raise ValueError("max_per_owner must be at least 1")
         self._threads = threads
         self._upstream = upstream
         self._model = model
         self._timeout = timeout
+        self._max_per_owner = max_per_owner
+        self.writes = WriteRate(writes_per_minute, clock=clock)
         self._tasks: dict[asyncio.Task[None], Claims] = {}
+        self._busy: Counter[str] = Counter()  # replies running or reserved, per owner
 
-    def start(self, claims: Claims, thread_id: str, response_id: str, secret: Secret) -> None:
+    @contextlib.contextmanager
+    def reserve(self, owner: str) -> Iterator[ReplySlot]:
+        """Hold one of ``owner``'s reply slots while the message that asks for it is stored.
+
+        TooManyRequests when the owner already has ``max_per_owner`` replies running or
+        reserved. Taken *before* the message is stored, so a refused request leaves no
+        message without a reply. Call ``slot.start(...)`` inside the block; if the block
+        ends without it (the store refused the message, say), the slot is freed.
+        """
+        if self._busy[owner] >= self._max_per_owner:
+            raise TooManyRequests(
+                "owner at its concurrent reply limit", retry_after=REPLY_LIMIT_RETRY_AFTER
+            )
+        self._busy[owner] += 1
+        slot = ReplySlot(self, owner)
+        try:
+            yield slot
+        finally:
+            if not slot.started:
+                self._release(owner)
+
+    def _start(
+        self, owner: str, claims: Claims, thread_id: str, response_id: str, secret: Secret
+    ) -> None:
         task = asyncio.get_running_loop().create_task(
-            self._run(claims, thread_id, response_id, secret)
+            self._run(owner, thread_id, response_id, secret)
         )
         self._tasks[task] = claims
-        task.add_done_callback(self._tasks.pop)
+        task.add_done_callback(functools.partial(self._finished, owner))
+
+    def _finished(self, owner: str, task: asyncio.Task[None]) -> None:
+        self._tasks.pop(task, None)
+        self._release(owner)
+
+    def _release(self, owner: str) -> None:
+        self._busy[owner] -= 1
+        if self._busy[owner] <= 0:
+            del self._busy[owner]
 
     def revoked(self, entry: RevocationEntry) -> None:
         """Cancel the replies of every session the entry matches (a store listener)."""
@@ -65,12 +203,10 @@ class ReplyTasks:
     def __len__(self) -> int:
         return len(self._tasks)
 
-    async def _run(
-        self, claims: Claims, thread_id: str, response_id: str, secret: Secret
-    ) -> None:
+    async def _run(self, owner: str, thread_id: str, response_id: str, secret: Secret) -> None:
         threads = self._threads
         try:
-            thread = await threads.get_thread(thread_id, claims.sub)
+            thread = await threads.get_thread(thread_id, owner)
             if thread is None:
                 return
             history = [
@@ -88,8 +224,12 @@ class ReplyTasks:
                     await threads.append_event(
                         thread_id, "delta", {"response_id": response_id, "text": delta}
                     )
+                    # Give the thread's readers a turn after every delta: an upstream that
+                    # hands over many deltas at once (or a store that never waits) would
+                    # otherwise fill every reader's queue before any of them runs.
+                    await asyncio.sleep(0)
             text = "".join(parts)
-            await threads.add_message(thread_id, claims.sub, "assistant", text)
+            await threads.add_message(thread_id, owner, "assistant", text)
             await threads.append_event(
                 thread_id, "done", {"response_id": response_id, "text": text}
             )

@@ -3,7 +3,9 @@
 Fan-out is asyncio-only: every subscriber has a bounded queue, and ``append_event`` puts the
 event in each queue without waiting. A subscriber whose queue is full is closed rather than
 allowed to grow memory without bound (or to slow down the writer); its browser reconnects
-with ``Last-Event-ID`` and replays from the retained history.
+with ``Last-Event-ID`` and replays from the retained history. ``append_event`` never gives the
+event loop a turn, so a writer producing many events in a row must (the reply task yields
+after every delta): otherwise no reader runs and every subscriber overflows at once.
 
 Threads untouched for ``ttl`` seconds are dropped, so abandoned threads do not accumulate in
 a long-running process. With several worker processes or hosts use the Redis backend:
@@ -31,10 +33,10 @@ from chatkit.threads import (
     Subscription,
     SubscriptionClosed,
     Thread,
+    ThreadFull,
     ThreadNotFound,
     check_event_kind,
     check_message_text,
-    is_message_id,
     is_thread_id,
     message_event_data,
 )
@@ -82,12 +84,17 @@ class _MemorySubscription(Subscription):
             self.close()
 
     async def _receive(self, deadline: float | None) -> Event | None:
-        loop = asyncio.get_running_loop()
-        timeout = None if deadline is None else max(0.0, deadline - loop.time())
-        try:
-            item = await asyncio.wait_for(self._queue.get(), timeout)
-        except TimeoutError:
-            return None
+        if not self._queue.empty():
+            # Without a detour through the loop: a reader that gets a turn drains what is
+            # queued at once, rather than one event per several turns of the writer's.
+            item = self._queue.get_nowait()
+        else:
+            loop = asyncio.get_running_loop()
+            timeout = None if deadline is None else max(0.0, deadline - loop.time())
+            try:
+                item = await asyncio.wait_for(self._queue.get(), timeout)
+            except TimeoutError:
+                return None
         if item is None or self.closed:
             raise SubscriptionClosed
         return item
@@ -154,31 +161,22 @@ class MemoryThreadStore:
             return None
         return Thread(thread_id, state.owner, list(state.messages.values()))
 
-    async def add_message(self, thread_id: str, owner: str, role: Role, text: str) -> Message:
-        """Append a message and publish its ``message`` event."""
+    async def add_message(
+        self, thread_id: str, owner: str, role: Role, text: str, *, limit: int | None = None
+    ) -> Message:
+        """Append a message and publish its ``message`` event; ThreadFull past ``limit``."""
         if role not in ROLES:
             raise ValueError("unknown message role")
         check_message_text(text)
         state = self._owned(thread_id, owner)
         if state is None:
             raise ThreadNotFound("add_message: no such thread for this owner")
+        if limit is not None and len(state.messages) >= limit:
+            raise ThreadFull(f"add_message: thread holds {limit} messages")
         message = Message(f"msg_{self._new_id()}", role, text)
         state.messages[message.id] = message
         self._publish(thread_id, state, "message", message_event_data(message))
         return message
-
-    async def set_message_text(self, thread_id: str, message_id: str, text: str) -> bool:
-        """Replace the text of a message; False if the thread or message is unknown."""
-        check_message_text(text)
-        state = self._live(thread_id)
-        if state is None or not is_message_id(message_id):
-            return False
-        message = state.messages.get(message_id)
-        if message is None:
-            return False
-        state.messages[message_id] = Message(message.id, message.role, text)
-        self._touch(thread_id, state)
-        return True
 
     async def append_event(self, thread_id: str, kind: str, data: dict[str, Any]) -> int:
         """Append an event to the thread's log, fan it out, and return its id."""

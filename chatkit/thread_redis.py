@@ -23,6 +23,12 @@ Redis for ever. Reads do not extend it.
 Subscriptions poll with ``XREAD BLOCK`` for at most ``block`` seconds at a time, one
 connection from the pool per subscription while it waits. :meth:`Subscription.close`
 cancels a pending read, so closing is immediate.
+
+Timeouts: every command, ``XREAD BLOCK`` included, must answer within ``block +
+command_timeout`` seconds and a connection must open within ``command_timeout``; redis-py's
+own retries are off. A Redis that hangs (alive, accepting, never answering) therefore turns
+into :class:`~chatkit.threads.ThreadStoreUnavailable` (503) within about 3 s by default,
+instead of holding requests and streams for as long as it hangs.
 """
 
 from __future__ import annotations
@@ -37,6 +43,8 @@ from contextlib import contextmanager, suppress
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from chatkit.threads import (
@@ -49,22 +57,24 @@ from chatkit.threads import (
     Subscription,
     SubscriptionClosed,
     Thread,
+    ThreadFull,
     ThreadNotFound,
     ThreadStoreUnavailable,
     check_event_kind,
     check_message_text,
-    is_message_id,
     is_thread_id,
     message_event_data,
 )
 
-__all__ = ["DEFAULT_BLOCK", "DEFAULT_PREFIX", "RedisThreadStore"]
+__all__ = ["DEFAULT_BLOCK", "DEFAULT_COMMAND_TIMEOUT", "DEFAULT_PREFIX", "RedisThreadStore"]
 
 log = logging.getLogger(__name__)
 
 DEFAULT_PREFIX = "tokensvc:chatkit:"
 #: Longest single XREAD BLOCK, seconds.
 DEFAULT_BLOCK = 1.0
+#: Seconds a command may take beyond its own blocking time (and to open a connection).
+DEFAULT_COMMAND_TIMEOUT = 2.0
 _READ_COUNT = 256  # entries per XREAD: bounds one reply's size for a far-behind reader
 
 # KEYS of every script: meta, order, messages, events (all of one thread).
@@ -86,9 +96,11 @@ if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 redis.call('HSET', KEYS[1], 'owner', ARGV[2], 'last_event_id', 0)
 """ + _REFRESH_TTL + "return 1"
 
-# ARGV: ttl, history, kind, data, owner, message id, role, text
+# ARGV: ttl, history, kind, data, owner, message id, role, text, limit ("" for none).
+# Returns nil for "no such thread for this owner", -1 for "full", else the event id.
 _ADD_MESSAGE = """
 if redis.call('HGET', KEYS[1], 'owner') ~= ARGV[5] then return false end
+if ARGV[9] ~= '' and redis.call('LLEN', KEYS[2]) >= tonumber(ARGV[9]) then return -1 end
 redis.call('RPUSH', KEYS[2], ARGV[6])
 redis.call('HSET', KEYS[3], ARGV[6] .. ':role', ARGV[7], ARGV[6] .. ':text', ARGV[8])
 """ + _APPEND + _REFRESH_TTL + "return id"
@@ -97,12 +109,6 @@ redis.call('HSET', KEYS[3], ARGV[6] .. ':role', ARGV[7], ARGV[6] .. ':text', ARG
 _APPEND_EVENT = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return false end
 """ + _APPEND + _REFRESH_TTL + "return id"
-
-# ARGV: ttl, message id, text
-_SET_TEXT = """
-if redis.call('HEXISTS', KEYS[3], ARGV[2] .. ':role') == 0 then return 0 end
-redis.call('HSET', KEYS[3], ARGV[2] .. ':text', ARGV[3])
-""" + _REFRESH_TTL + "return 1"
 
 # ARGV: owner. Returns nil for "no such thread for this owner", else id, role, text, ...
 _GET_THREAD = """
@@ -249,8 +255,9 @@ class RedisThreadStore:
     ``url`` is a redis-py URL (``redis://``, ``rediss://``, ``unix://``); ``prefix`` starts
     every key; ``history`` is the events kept per thread (approximately: the stream is
     trimmed with ``MAXLEN ~``, replay returns at most ``history``); ``ttl`` the seconds a
-    thread lives after its last write; ``block`` the longest single ``XREAD BLOCK``.
-    See the module docstring for the key layout.
+    thread lives after its last write; ``block`` the longest single ``XREAD BLOCK``;
+    ``command_timeout`` the seconds a command may take beyond that (see the module
+    docstring for the key layout and the timeouts).
     """
 
     def __init__(
@@ -261,6 +268,7 @@ class RedisThreadStore:
         history: int = DEFAULT_HISTORY,
         ttl: int = DEFAULT_TTL,
         block: float = DEFAULT_BLOCK,
+        command_timeout: float = DEFAULT_COMMAND_TIMEOUT,
         new_id: Callable[[], str] = _new_id,
     ) -> None:
         if history < 1:
@@ -269,16 +277,28 @@ class RedisThreadStore:
             raise ValueError("ttl must be a positive number of seconds")
         if not 0 < block <= 60:
             raise ValueError("block must be in (0, 60] seconds")
+        if not 0 < command_timeout <= 60:
+            raise ValueError("command_timeout must be in (0, 60] seconds")
         self.prefix = prefix
         self.history = history
         self.ttl = ttl
         self._block_ms = max(1, int(block * 1000))  # 0 would mean "block for ever"
         self._new_id = new_id
-        self._redis: aioredis.Redis = aioredis.Redis.from_url(url, decode_responses=True)
+        self._redis: aioredis.Redis = aioredis.Redis.from_url(
+            url,
+            decode_responses=True,
+            # One timeout for every command: the longest legitimate wait is an XREAD
+            # blocking for ``block`` seconds, so that plus a margin; a hung Redis then
+            # fails requests promptly instead of holding them.
+            socket_timeout=block + command_timeout,
+            socket_connect_timeout=command_timeout,
+            # No silent retries: redis-py would retry with backoff for several seconds more,
+            # and re-sending a script whose answer was lost could add a message twice.
+            retry=Retry(NoBackoff(), 0),
+        )
         self._create = self._redis.register_script(_CREATE)
         self._add_message = self._redis.register_script(_ADD_MESSAGE)
         self._append_event = self._redis.register_script(_APPEND_EVENT)
-        self._set_text = self._redis.register_script(_SET_TEXT)
         self._get_thread = self._redis.register_script(_GET_THREAD)
         self._subscriptions: set[_RedisSubscription] = set()
 
@@ -317,7 +337,9 @@ class RedisThreadStore:
         ]
         return Thread(thread_id, owner, messages)
 
-    async def add_message(self, thread_id: str, owner: str, role: Role, text: str) -> Message:
+    async def add_message(
+        self, thread_id: str, owner: str, role: Role, text: str, *, limit: int | None = None
+    ) -> Message:
         """Append a message and publish its ``message`` event, in one atomic script."""
         if role not in ROLES:
             raise ValueError("unknown message role")
@@ -327,21 +349,14 @@ class RedisThreadStore:
         message = Message(f"msg_{self._new_id()}", role, text)
         data = json.dumps(message_event_data(message))
         args: list[str | int] = [self.ttl, self.history, "message", data, owner]
-        args += [message.id, role, text]
+        args += [message.id, role, text, "" if limit is None else limit]
         with _redis_errors("add message"):
             event_id = await self._add_message(self._keys(thread_id), args)
         if event_id is None:
             raise ThreadNotFound("add_message: no such thread for this owner")
+        if event_id == -1:
+            raise ThreadFull(f"add_message: thread holds {limit} messages")
         return message
-
-    async def set_message_text(self, thread_id: str, message_id: str, text: str) -> bool:
-        """Replace the text of a message; False if the thread or message is unknown."""
-        check_message_text(text)
-        if not is_thread_id(thread_id) or not is_message_id(message_id):
-            return False
-        with _redis_errors("set message text"):
-            changed = await self._set_text(self._keys(thread_id), [self.ttl, message_id, text])
-        return bool(changed)
 
     async def append_event(self, thread_id: str, kind: str, data: dict[str, Any]) -> int:
         """Append an event to the thread's stream and return its id."""

@@ -1,10 +1,10 @@
 """Chat threads: the :class:`ThreadStore` protocol, its records and the subscription model.
 
-A thread belongs to one owner (the session token's ``sub``) and holds its messages plus an
-event log. Every change to a thread is an :class:`Event` with an id that increases by one
-per thread, starting at 1; those ids are the SSE ``id:`` lines and what a browser sends
-back in ``Last-Event-ID``. The log keeps the last ``history`` events of each thread so a
-reconnecting stream can replay what it missed.
+A thread belongs to one owner, the session token's client and subject (:func:`owner_of`),
+and holds its messages plus an event log. Every change to a thread is an :class:`Event`
+with an id that increases by one per thread, starting at 1; those ids are the SSE ``id:``
+lines and what a browser sends back in ``Last-Event-ID``. The log keeps the last
+``history`` events of each thread so a reconnecting stream can replay what it missed.
 
 Backends live in their own modules (``chatkit.thread_memory``, ``chatkit.thread_redis``);
 this module never imports them.
@@ -25,12 +25,11 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Literal, Protocol, Self
 
-from tokensvc.errors import NotFound, TemporarilyUnavailable
+from tokensvc import Claims, InvalidRequest, NotFound, TemporarilyUnavailable
 
 __all__ = [
     "DEFAULT_HISTORY",
     "DEFAULT_TTL",
-    "MESSAGE_ID_PATTERN",
     "ROLES",
     "THREAD_ID_PATTERN",
     "Event",
@@ -39,15 +38,16 @@ __all__ = [
     "Subscription",
     "SubscriptionClosed",
     "Thread",
+    "ThreadFull",
     "ThreadNotFound",
     "ThreadStore",
     "ThreadStoreUnavailable",
     "check_event_kind",
     "check_message_text",
     "follow",
-    "is_message_id",
     "is_thread_id",
     "message_event_data",
+    "owner_of",
 ]
 
 Role = Literal["user", "assistant", "system"]
@@ -56,9 +56,7 @@ ROLES: frozenset[str] = frozenset({"user", "assistant", "system"})
 #: The shape of every thread id; handlers can use it in their URL rule. Ids are generated
 #: here (``thr_`` + random URL-safe text), so anything else names no thread.
 THREAD_ID_PATTERN = r"thr_[A-Za-z0-9_-]{1,128}"
-MESSAGE_ID_PATTERN = r"msg_[A-Za-z0-9_-]{1,128}"
 _THREAD_ID = re.compile(THREAD_ID_PATTERN)
-_MESSAGE_ID = re.compile(MESSAGE_ID_PATTERN)
 # Event kinds become the SSE "event:" field; a fixed small alphabet keeps them inert there.
 _EVENT_KIND = re.compile(r"[a-z][a-z0-9_]{0,31}")
 
@@ -98,6 +96,12 @@ class ThreadNotFound(NotFound):
     """No such thread, or not one this owner may see; renders as 404 either way."""
 
 
+class ThreadFull(InvalidRequest):
+    """The thread holds as many messages as it may; renders as 400 ``invalid_request``."""
+
+    description = "The thread is full; start a new thread."
+
+
 class ThreadStoreUnavailable(TemporarilyUnavailable):
     """The thread store's backend did not answer; renders as 503."""
 
@@ -106,14 +110,19 @@ class SubscriptionClosed(Exception):
     """The subscription was closed (by its owner, by the store, or for falling behind)."""
 
 
+def owner_of(claims: Claims) -> str:
+    """The owner a token acts for: its client and its subject, ``"<client_id>:<sub>"``.
+
+    The subject alone is not enough: each client names its own users, so two clients may
+    both mint tokens for ``user="alice"``, and neither may see the other's threads or use up
+    the other's limits. Client ids cannot contain ``:``, so the pair reads back unambiguously.
+    """
+    return f"{claims.client_id}:{claims.sub}"
+
+
 def is_thread_id(value: str) -> bool:
     """Whether ``value`` has the shape of a thread id (it may still name no thread)."""
     return _THREAD_ID.fullmatch(value) is not None
-
-
-def is_message_id(value: str) -> bool:
-    """Whether ``value`` has the shape of a message id."""
-    return _MESSAGE_ID.fullmatch(value) is not None
 
 
 def check_event_kind(kind: str) -> None:
@@ -253,18 +262,14 @@ class ThreadStore(Protocol):
         """The thread, or None when it does not exist *or* belongs to another owner."""
         ...
 
-    async def add_message(self, thread_id: str, owner: str, role: Role, text: str) -> Message:
+    async def add_message(
+        self, thread_id: str, owner: str, role: Role, text: str, *, limit: int | None = None
+    ) -> Message:
         """Append a message and publish a ``message`` event for it.
 
-        Raises :class:`ThreadNotFound` when the thread is missing or not ``owner``'s.
-        """
-        ...
-
-    async def set_message_text(self, thread_id: str, message_id: str, text: str) -> bool:
-        """Replace a message's text (an assistant reply once complete); False if unknown.
-
-        Call it *before* appending the reply's ``done`` event, so a client that sees
-        ``done`` and then reads the thread finds the text.
+        Raises :class:`ThreadNotFound` when the thread is missing or not ``owner``'s, and
+        :class:`ThreadFull` when ``limit`` is given and the thread already holds that many
+        messages (checked and added in one step, so concurrent writers cannot overshoot).
         """
         ...
 

@@ -3,7 +3,7 @@
 Handlers call an :class:`Upstream` with the secret unsealed from the session token; they
 never see HTTP. :func:`make_upstream` picks the implementation from ``chatkit.upstream_url``.
 
-Every failure of the OpenAI client surfaces as :class:`tokensvc.errors.UpstreamError`
+Every failure of the OpenAI client surfaces as :class:`tokensvc.UpstreamError`
 (502 ``upstream_error``) whose ``log_message`` names what failed and the HTTP status, and
 nothing else: no secret and no upstream body, because upstream error bodies can quote the
 key back ("Incorrect API key provided: sk-ab***yz"). For the same reason the SDK's exception
@@ -25,8 +25,7 @@ from typing import Any, Protocol, cast
 import openai
 from openai.types.chat import ChatCompletionMessageParam
 
-from tokensvc.errors import ConfigError, UpstreamError
-from tokensvc.redacted import Secret
+from tokensvc import ConfigError, Secret, UpstreamError
 
 __all__ = [
     "AMBIENT_OPENAI_ENV",
@@ -226,7 +225,8 @@ class EchoUpstream:
 
     For development and tests on a machine without network access only. Its ChatKit
     sessions are fake: the ``client_secret`` starts with ``echo_cs_`` and works nowhere.
-    ``delay`` is the pause between words, seconds.
+    ``delay`` is the pause between words, seconds; with ``0`` it still gives the event loop
+    a turn between words, as a network stream would.
     """
 
     def __init__(
@@ -254,7 +254,9 @@ class EchoUpstream:
         )
         # Each piece is a word with the whitespace around it, so "".join(pieces) == text.
         for index, piece in enumerate(_WORDS.findall(text)):
-            if index and self.delay:
+            if index:
+                # Even with no delay: a long text must not run without yielding, or the
+                # readers of the thread never get a turn and fall behind all at once.
                 await asyncio.sleep(self.delay)
             yield piece
 

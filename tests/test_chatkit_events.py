@@ -25,7 +25,8 @@ import tornado.web
 
 from chatkit import ChatkitExtension
 from chatkit.handlers import TOKEN_EXPIRING_LEAD
-from chatkit.thread_memory import MemoryThreadStore
+from chatkit.replies import DEFAULT_MAX_REPLIES_PER_OWNER
+from chatkit.thread_memory import DEFAULT_QUEUE_SIZE, MemoryThreadStore
 from chatkit.threads import Event, Subscription, ThreadStore, ThreadStoreUnavailable
 from chatkit.upstream import EchoUpstream, OpenAIUpstream, Upstream
 from tests.chatkit_support import (
@@ -44,12 +45,23 @@ from tests.chatkit_support import (
     start_fake_upstream,
 )
 from tests.fake_upstream import DEFAULT_DELTAS, FakeUpstream
-from tests.support import basic, make_app, make_ring, make_services
+from tests.support import (
+    OTHER_CLIENT_ID,
+    basic,
+    make_app,
+    make_ring,
+    make_services,
+    sealing_key,
+    signing_key,
+)
 from tokensvc import Config, Secret, Services
+from tokensvc.keys import KeyRing
 from tokensvc.tokens import TokenIssuer
 
 HEARTBEAT = 0.2
 MAX_STREAMS = 2
+# A reader queue small enough to overflow on purpose (the default is DEFAULT_QUEUE_SIZE).
+SMALL_QUEUE = 8
 # A revocation must reach every open stream within a second (API.md section 5).
 REVOCATION_DEADLINE = 1.0
 
@@ -116,7 +128,11 @@ def threads_kind() -> str:
 
 @pytest.fixture
 def threads(threads_kind: str) -> ThreadStore | None:
-    return FlakyThreads() if threads_kind == "flaky" else None
+    if threads_kind == "flaky":
+        return FlakyThreads()
+    if threads_kind == "small-queue":
+        return MemoryThreadStore(queue_size=SMALL_QUEUE)
+    return None
 
 
 @pytest.fixture
@@ -253,6 +269,67 @@ async def test_ping_comments_every_heartbeat(
         await stream.close()
     gaps = [b - a for a, b in itertools.pairwise(arrivals)]
     assert all(0.5 * HEARTBEAT <= gap <= 3 * HEARTBEAT for gap in gaps), gaps
+
+
+# -- readers that fall behind ----------------------------------------------------------------
+
+
+@pytest.mark.gen_test(timeout=20)
+async def test_a_reply_longer_than_the_reader_queue_reaches_the_stream_whole(
+    http_client: Any, base_url: str, http_port: int, token: str, upstream: Upstream
+) -> None:
+    # The echo model without a delay used to run a long reply without giving the loop a
+    # turn: every reader's queue overflowed and the stream ended without a word.
+    assert isinstance(upstream, EchoUpstream)
+    assert upstream.delay == 0
+    words = 2 * DEFAULT_QUEUE_SIZE + 100
+    text = " ".join(f"w{n}" for n in range(words))
+    thread_id = await new_thread(http_client, base_url, token)
+    stream = await open_events(http_port, events_path(thread_id), bearer(token))
+    try:
+        posted = await post_message(http_client, base_url, token, thread_id, text)
+        items = only_events(await stream.until("done", within=15.0))
+    finally:
+        await stream.close()
+    deltas = [item.json["text"] for item in items if item.event == "delta"]
+    assert len(deltas) == words
+    assert "".join(deltas) == text
+    assert items[-1].json == {"response_id": posted["response_id"], "text": text}
+
+
+@pytest.mark.parametrize("threads_kind", ["small-queue"])
+@pytest.mark.gen_test(timeout=10)
+async def test_a_reader_dropped_for_lagging_gets_stream_lagging_and_resumes(
+    http_client: Any, base_url: str, http_port: int, token: str, threads_kind: str,
+    extension: ChatkitExtension,
+) -> None:
+    store = extension.state.threads
+    thread_id = await new_thread(http_client, base_url, token)
+    stream = await open_events(http_port, events_path(thread_id), bearer(token))
+    try:
+        assert stream.status == 200
+        await store.append_event(thread_id, "delta", {"n": 1})
+        first = only_events(await stream.until("delta"))
+        assert first[-1].id == "1"
+        # A burst larger than the reader's queue, with no turn for the reader in between:
+        # the store drops the reader.
+        for n in range(2, 2 * SMALL_QUEUE + 2):
+            await store.append_event(thread_id, "delta", {"n": n})
+        items = await assert_ends_with(stream, "error", within=2.0)
+    finally:
+        await stream.close()
+    assert items[-1].json == {"code": "stream_lagging"}
+    assert items[-1].id == "1"  # the last thread event this reader was sent
+    assert await eventually(lambda: len(extension.state.streams) == 0)
+
+    # What the page does next: reconnect from that id and miss nothing.
+    again = await open_events(http_port, events_path(thread_id),
+                              {**bearer(token), "Last-Event-ID": items[-1].id})
+    try:
+        replayed = only_events(await again.until(lambda i: i.id == str(2 * SMALL_QUEUE + 1)))
+    finally:
+        await again.close()
+    assert [item.json["n"] for item in replayed] == list(range(2, 2 * SMALL_QUEUE + 2))
 
 
 # -- resume ----------------------------------------------------------------------------------
@@ -470,6 +547,45 @@ async def test_thread_store_failure_mid_stream_ends_it_with_an_error_event(
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
 
 
+@pytest.mark.gen_test(timeout=10)
+async def test_a_busy_stream_still_rechecks_every_heartbeat(
+    http_client: Any, base_url: str, http_port: int, services: Services, token: str,
+    extension: ChatkitExtension,
+) -> None:
+    # Events arrive far more often than the heartbeat, so the stream is never quiet; the
+    # checks must run anyway. The one checked here: the token's signing key was retired.
+    store = extension.state.threads
+    thread_id = await new_thread(http_client, base_url, token)
+    stream = await open_events(http_port, events_path(thread_id), bearer(token))
+    sent = 0
+
+    async def keep_busy() -> None:
+        nonlocal sent
+        while True:
+            sent += 1
+            await store.append_event(thread_id, "delta", {"n": sent})
+            await asyncio.sleep(HEARTBEAT / 10)
+
+    writer = asyncio.ensure_future(keep_busy())
+    try:
+        assert stream.status == 200
+        await stream.until(lambda i: i.event == "delta" and i.json["n"] >= 5)
+        rotated = KeyRing([signing_key("sig-2")], [sealing_key()])
+        services.ring = lambda: rotated
+        loop = asyncio.get_running_loop()
+        rotated_at = loop.time()
+        items = await assert_ends_with(stream, "session_expired", within=3 * HEARTBEAT)
+        assert loop.time() - rotated_at <= 2 * HEARTBEAT + 0.5
+    finally:
+        writer.cancel()
+        await asyncio.gather(writer, return_exceptions=True)
+        await stream.close()
+    assert items[:-1]
+    assert all(i.event == "delta" for i in items[:-1])
+    # Something was sent between every two checks, or there would be a keep-alive.
+    assert not [i for i in stream.received if i.comment == "ping"]
+
+
 async def open_with_ticket(http_client: Any, base_url: str, http_port: int, token: str,
                            thread_id: str) -> SseStream:
     ticket = await new_ticket(http_client, base_url, token)
@@ -632,6 +748,70 @@ async def test_a_client_disconnect_frees_its_stream_slot(
         for stream in opened:
             await stream.close()
     assert await eventually(lambda: len(extension.state.streams) == 0)
+
+
+@pytest.mark.gen_test(timeout=10)
+async def test_another_client_with_the_same_user_has_its_own_stream_slots(
+    http_client: Any, base_url: str, http_port: int, services: Services, token: str,
+    extension: ChatkitExtension,
+) -> None:
+    # Another client may mint tokens for "alice" too; that is not the same owner.
+    other_alice = mint(services, user="alice", client_id=OTHER_CLIENT_ID)
+    other_thread = await new_thread(http_client, base_url, other_alice)
+    theirs = [await open_events(http_port, events_path(other_thread), bearer(other_alice))
+              for _ in range(MAX_STREAMS)]
+    ours: list[SseStream] = []
+    try:
+        assert [s.status for s in theirs] == [200] * MAX_STREAMS
+        refused = await open_events(http_port, events_path(other_thread), bearer(other_alice))
+        assert refused.status == 429
+        thread_id = await new_thread(http_client, base_url, token)
+        ours = [await open_events(http_port, events_path(thread_id), bearer(token))
+                for _ in range(MAX_STREAMS)]
+        assert [s.status for s in ours] == [200] * MAX_STREAMS
+        # Nor can either open a stream on the other's thread.
+        crossed = await open_events(http_port, events_path(thread_id), bearer(other_alice))
+        ours.append(crossed)
+        assert crossed.status == 404
+        assert len(extension.state.streams) == 2 * MAX_STREAMS
+    finally:
+        for stream in theirs + ours:
+            await stream.close()
+
+
+# -- the per-owner reply limit ---------------------------------------------------------------
+
+
+@pytest.mark.gen_test(timeout=15)
+async def test_more_than_max_running_replies_per_owner_is_429(
+    http_client: Any, base_url: str, services: Services, token: str, upstream: Upstream,
+    extension: ChatkitExtension,
+) -> None:
+    assert isinstance(upstream, EchoUpstream)
+    upstream.delay = 0.2  # each reply below runs for about a second
+    text = "one two three four five six"
+    thread_id = await new_thread(http_client, base_url, token)
+    for _ in range(DEFAULT_MAX_REPLIES_PER_OWNER):
+        await post_message(http_client, base_url, token, thread_id, text)
+    url = f"{base_url}/chatkit/threads/{thread_id}/messages"
+    refused = await fetch(http_client, url, method="POST", headers=bearer(token),
+                          body={"text": "one too many"})
+    assert refused.code == 429
+    assert json.loads(refused.body)["error"] == "too_many_requests"
+    assert int(refused.headers["Retry-After"]) >= 1
+    # The refused message was not stored (it would never get a reply).
+    thread = json.loads((await fetch(http_client, f"{base_url}/chatkit/threads/{thread_id}",
+                                     headers=bearer(token))).body)
+    assert [m["text"] for m in thread["messages"]] == [text] * DEFAULT_MAX_REPLIES_PER_OWNER
+
+    # Another owner (the same user of another client) is not held up.
+    other_alice = mint(services, user="alice", client_id=OTHER_CLIENT_ID)
+    other_thread = await new_thread(http_client, base_url, other_alice)
+    await post_message(http_client, base_url, other_alice, other_thread, "mine")
+
+    # As the replies finish, the slots come back.
+    assert await eventually(lambda: len(extension.state.replies) == 0)
+    await post_message(http_client, base_url, token, thread_id, "room again")
 
 
 # -- two processes, one Redis ----------------------------------------------------------------

@@ -1,20 +1,29 @@
 """The ChatKit routes over HTTP (chatkit/handlers.py), against a fake OpenAI-compatible upstream.
 
-Hosted sessions, threads and their ownership, message validation, the streamed reply, and
-the token rules every ChatKit route shares: scope, missing credentials, wrong token type.
+Hosted sessions, threads and their ownership, message validation, the streamed reply, the
+write limits, a thread store that hangs, and the token rules every ChatKit route shares:
+scope, missing credentials, wrong token type.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import shutil
+import signal
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 import tornado.web
 
 from chatkit import ChatkitExtension
+from chatkit.handlers import MAX_THREAD_MESSAGES
+from chatkit.replies import WriteRate
+from chatkit.thread_redis import DEFAULT_BLOCK, DEFAULT_COMMAND_TIMEOUT, RedisThreadStore
+from chatkit.threads import ThreadStore, owner_of
 from tests.chatkit_support import (
     WAIT,
     bearer,
@@ -27,6 +36,7 @@ from tests.chatkit_support import (
     start_extension,
     start_fake_upstream,
 )
+from tests.conftest import FakeClock
 from tests.fake_upstream import (
     DEFAULT_DELTAS,
     LEAK_MARKER,
@@ -34,7 +44,8 @@ from tests.fake_upstream import (
     SESSION_SECRET,
     FakeUpstream,
 )
-from tests.support import UPSTREAM_SECRET, make_app, make_services
+from tests.support import OTHER_CLIENT_ID, UPSTREAM_SECRET, make_app, make_services
+from tests.test_revocation_redis import PrivateRedis
 from tokensvc import Services
 
 WORKFLOW_ID = "wf_tests_0123"
@@ -67,8 +78,37 @@ def services(io_loop: Any, fake_url: str) -> Iterator[Services]:
 
 
 @pytest.fixture
-def extension(io_loop: Any, services: Services) -> Iterator[ChatkitExtension]:
-    started = io_loop.run_sync(lambda: start_extension(services))
+def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
+    """A redis-server of this test's own, to freeze (SIGSTOP) and thaw."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.skip("needs the redis-server binary")
+    server = PrivateRedis(binary, tmp_path)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def threads_kind() -> str:
+    return "memory"
+
+
+@pytest.fixture
+def threads(request: pytest.FixtureRequest, threads_kind: str) -> ThreadStore | None:
+    if threads_kind == "private-redis":
+        server: PrivateRedis = request.getfixturevalue("private_redis")
+        return RedisThreadStore(server.url)  # the shipped timeouts, not shortened ones
+    return None
+
+
+@pytest.fixture
+def extension(
+    io_loop: Any, services: Services, threads: ThreadStore | None
+) -> Iterator[ChatkitExtension]:
+    started = io_loop.run_sync(lambda: start_extension(services, threads=threads))
     yield started
     io_loop.run_sync(started.close, timeout=WAIT)
 
@@ -193,6 +233,31 @@ async def test_another_subject_gets_404_for_every_thread_route(
     # Nothing the intruder did reached the owner's thread.
     owner_view = await fetch(http_client, url, headers=bearer(token))
     assert json.loads(owner_view.body)["messages"] == []
+
+
+@pytest.mark.gen_test(timeout=10)
+async def test_another_client_with_the_same_user_gets_404_for_every_thread_route(
+    http_client: Any, base_url: str, http_port: int, services: Services, token: str
+) -> None:
+    # Each client names its own users: "alice" of client "other" is someone else.
+    thread_id = await new_thread(http_client, base_url, token)
+    other_alice = mint(services, user="alice", client_id=OTHER_CLIENT_ID)
+    url = f"{base_url}/chatkit/threads/{thread_id}"
+
+    read = await fetch(http_client, url, headers=bearer(other_alice))
+    post = await fetch(http_client, url + "/messages", method="POST",
+                       headers=bearer(other_alice), body={"text": "let me in"})
+    events = await open_events(http_port, f"/chatkit/threads/{thread_id}/events",
+                               bearer(other_alice))
+    assert (read.code, post.code, events.status) == (404, 404, 404)
+    assert error_of(read) == error_of(post) == events.error["error"] == "not_found"
+    owner_view = await fetch(http_client, url, headers=bearer(token))
+    assert json.loads(owner_view.body)["messages"] == []
+
+    # And the other way round.
+    theirs = await new_thread(http_client, base_url, other_alice)
+    mine = await fetch(http_client, f"{base_url}/chatkit/threads/{theirs}", headers=bearer(token))
+    assert mine.code == 404
 
 
 @pytest.mark.parametrize(
@@ -371,6 +436,105 @@ async def test_upstream_failure_during_reply_is_an_error_event_without_the_body(
     for leak in (LEAK_MARKER, UPSTREAM_SECRET):
         assert all(leak not in (i.data or "") for i in items)
         assert leak not in caplog.text
+
+
+# -- limits ----------------------------------------------------------------------------------
+
+
+@pytest.mark.gen_test(timeout=10)
+async def test_thread_and_message_writes_share_one_rate_per_owner(
+    http_client: Any, base_url: str, services: Services, token: str,
+    extension: ChatkitExtension, clock: FakeClock,
+) -> None:
+    # A frozen clock and a small budget, so the bucket cannot refill during the test.
+    extension.state.replies.writes = WriteRate(3, clock=clock)
+    thread_id = await new_thread(http_client, base_url, token)  # 1
+    messages = f"{base_url}/chatkit/threads/{thread_id}/messages"
+    posted = await fetch(http_client, messages, method="POST", headers=bearer(token),
+                         body={"text": "two"})  # 2
+    assert posted.code == 202
+    await new_thread(http_client, base_url, token)  # 3
+
+    refused = [
+        await fetch(http_client, base_url + "/chatkit/threads", method="POST",
+                    headers=bearer(token), body=""),
+        await fetch(http_client, messages, method="POST", headers=bearer(token),
+                    body={"text": "over the limit"}),
+    ]
+    for response in refused:
+        assert response.code == 429
+        assert error_of(response) == "too_many_requests"
+        assert response.headers["Retry-After"] == "20"  # one write every 60/3 s
+    thread = json.loads((await fetch(http_client, f"{base_url}/chatkit/threads/{thread_id}",
+                                     headers=bearer(token))).body)
+    assert "over the limit" not in [m["text"] for m in thread["messages"]]
+
+    # The budget is the owner's: the same user of another client still has all of its own.
+    other_alice = mint(services, user="alice", client_id=OTHER_CLIENT_ID)
+    assert await new_thread(http_client, base_url, other_alice)
+    # And it refills with time.
+    clock.advance(20)
+    assert await new_thread(http_client, base_url, token)
+
+
+@pytest.mark.parametrize(
+    ("held", "expected"),
+    [(MAX_THREAD_MESSAGES - 1, 202), (MAX_THREAD_MESSAGES, 400)],
+    ids=["one-below-the-limit", "at-the-limit"],
+)
+@pytest.mark.gen_test(timeout=10)
+async def test_a_full_thread_refuses_another_message_with_400(
+    http_client: Any, base_url: str, services: Services, token: str,
+    extension: ChatkitExtension, held: int, expected: int,
+) -> None:
+    thread_id = await new_thread(http_client, base_url, token)
+    owner = owner_of(services.verifier.verify(token, "session"))
+    for n in range(held):
+        await extension.state.threads.add_message(thread_id, owner, "user", f"m{n}")
+    response = await fetch(http_client, f"{base_url}/chatkit/threads/{thread_id}/messages",
+                           method="POST", headers=bearer(token), body={"text": "one more"})
+    assert response.code == expected, response.body
+    if expected == 400:
+        assert error_of(response) == "invalid_request"
+        thread = await extension.state.threads.get_thread(thread_id, owner)
+        assert thread is not None
+        assert len(thread.messages) == MAX_THREAD_MESSAGES
+
+
+# -- a thread store that hangs ---------------------------------------------------------------
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGSTOP"), reason="needs SIGSTOP/SIGCONT")
+@pytest.mark.parametrize("threads_kind", ["private-redis"])
+@pytest.mark.gen_test(timeout=30)
+async def test_hung_redis_fails_thread_requests_with_503_within_seconds(
+    http_client: Any, base_url: str, token: str, private_redis: PrivateRedis,
+    threads_kind: str,
+) -> None:
+    thread_id = await new_thread(http_client, base_url, token)
+    url = f"{base_url}/chatkit/threads/{thread_id}"
+    bound = DEFAULT_BLOCK + DEFAULT_COMMAND_TIMEOUT + 1.0  # the command timeout, and a margin
+    private_redis.freeze()  # connections stay open, nothing answers
+    try:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        answers = await asyncio.gather(
+            fetch(http_client, url, headers=bearer(token), request_timeout=2 * bound),
+            fetch(http_client, base_url + "/chatkit/threads", method="POST",
+                  headers=bearer(token), body="", request_timeout=2 * bound),
+            fetch(http_client, url + "/messages", method="POST", headers=bearer(token),
+                  body={"text": "anyone there?"}, request_timeout=2 * bound),
+        )
+        took = loop.time() - started
+    finally:
+        private_redis.thaw()
+    assert [a.code for a in answers] == [503, 503, 503], [a.body for a in answers]
+    for answer in answers:
+        assert error_of(answer) == "temporarily_unavailable"
+        assert int(answer.headers["Retry-After"]) >= 1
+    assert took < bound, f"answered after {took:.1f} s"
+    # Redis answers again: so does the store.
+    assert (await fetch(http_client, url, headers=bearer(token))).code == 200
 
 
 # -- token rules shared by the ChatKit routes ------------------------------------------------

@@ -17,6 +17,7 @@ from chatkit.threads import (
     Message,
     Subscription,
     SubscriptionClosed,
+    ThreadFull,
     ThreadNotFound,
     ThreadStore,
     ThreadStoreUnavailable,
@@ -86,7 +87,6 @@ async def test_unknown_or_malformed_thread_is_absent(make_store: MakeStore, thre
             await store.add_message(thread_id, "alice", "user", "hi")
         with pytest.raises(ThreadNotFound):
             await store.append_event(thread_id, "delta", {"text": "x"})
-        assert await store.set_message_text(thread_id, "msg_x", "t") is False
     finally:
         await store.close()
 
@@ -107,10 +107,8 @@ async def test_messages_are_kept_in_order_and_published(make_store: MakeStore) -
     try:
         thread_id = await store.create_thread("alice")
         question = await store.add_message(thread_id, "alice", "user", "héllo\nthere")
-        answer = await store.add_message(thread_id, "alice", "assistant", "")
+        answer = await store.add_message(thread_id, "alice", "assistant", "hi back")
         assert question.id != answer.id
-        assert await store.set_message_text(thread_id, answer.id, "hi back") is True
-        assert await store.set_message_text(thread_id, "msg_unknown", "x") is False
 
         thread = await store.get_thread(thread_id, "alice")
         assert thread is not None
@@ -121,6 +119,30 @@ async def test_messages_are_kept_in_order_and_published(make_store: MakeStore) -
         events = await store.events_after(thread_id, 0)
         assert [(e.id, e.kind) for e in events] == [(1, "message"), (2, "message")]
         assert events[0].data == {"id": question.id, "role": "user", "text": "héllo\nthere"}
+    finally:
+        await store.close()
+
+
+@pytest.mark.gen_test(timeout=15)
+async def test_add_message_refuses_a_message_past_its_limit(make_store: MakeStore) -> None:
+    store = make_store()
+    try:
+        thread_id = await store.create_thread("alice")
+        for n in range(3):
+            await store.add_message(thread_id, "alice", "user", f"m{n}", limit=3)
+        with pytest.raises(ThreadFull) as full:
+            await store.add_message(thread_id, "alice", "user", "one more", limit=3)
+        assert (full.value.status_code, full.value.error) == (400, "invalid_request")
+        # Refused means neither stored nor published.
+        assert [e.id for e in await store.events_after(thread_id, 0)] == [1, 2, 3]
+        # Ownership is checked first: another owner learns nothing, not even "full".
+        with pytest.raises(ThreadNotFound):
+            await store.add_message(thread_id, "bob", "user", "x", limit=3)
+        # Without a limit (a reply already under way) a message still lands.
+        await store.add_message(thread_id, "alice", "assistant", "reply")
+        thread = await store.get_thread(thread_id, "alice")
+        assert thread is not None
+        assert [m.text for m in thread.messages] == ["m0", "m1", "m2", "reply"]
     finally:
         await store.close()
 
@@ -379,8 +401,7 @@ async def test_redis_keys_use_prefix_and_expire(
     store = redis_store(prefix="custom:", ttl=1234)
     try:
         thread_id = await store.create_thread("alice")
-        message = await store.add_message(thread_id, "alice", "user", "hi")
-        await store.set_message_text(thread_id, message.id, "hi!")
+        await store.add_message(thread_id, "alice", "user", "hi")
         keys = sorted(await store._redis.keys("*"))
         assert keys == sorted(
             f"custom:{{{thread_id}}}:{part}" for part in ("events", "messages", "meta", "order")
@@ -417,6 +438,12 @@ async def test_redis_unreachable_is_store_unavailable() -> None:
         assert caught.value.status_code == 503
     finally:
         await store.close()
+
+
+@pytest.mark.parametrize("command_timeout", [0, -1, 61])
+def test_redis_command_timeout_must_be_bounded(command_timeout: float) -> None:
+    with pytest.raises(ValueError, match="command_timeout"):
+        RedisThreadStore("redis://127.0.0.1:9/0", command_timeout=command_timeout)
 
 
 @pytest.mark.gen_test(timeout=15)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import traceback
 from collections.abc import Iterator
@@ -193,6 +194,31 @@ async def test_echo_streams_words_that_join_back_to_the_text(text: str) -> None:
     assert all(deltas)
     if text.split():
         assert len(deltas) == len(text.split())
+
+
+@pytest.mark.gen_test(timeout=10)
+async def test_echo_without_delay_gives_the_loop_a_turn_between_words() -> None:
+    # Otherwise a long reply runs start to end while no reader of the thread can run.
+    turns = 0
+
+    async def count_turns() -> None:
+        nonlocal turns
+        while True:
+            turns += 1
+            await asyncio.sleep(0)
+
+    counter = asyncio.ensure_future(count_turns())
+    await asyncio.sleep(0)
+    try:
+        seen: list[int] = []
+        messages = [{"role": "user", "content": "one two three four five"}]
+        async for _ in EchoUpstream().stream_reply(Secret(KEY), "echo", messages):
+            seen.append(turns)
+    finally:
+        counter.cancel()
+        await asyncio.gather(counter, return_exceptions=True)
+    assert len(seen) == 5
+    assert all(b > a for a, b in itertools.pairwise(seen)), seen
 
 
 @pytest.mark.gen_test(timeout=10)
