@@ -19,7 +19,7 @@ from chatkit.replies import ReplyTasks
 from chatkit.streams import StreamRegistry
 from chatkit.threads import THREAD_ID_PATTERN, ThreadStore
 from chatkit.upstream import Upstream, make_upstream
-from tokensvc import BaseHandler, Config, Services
+from tokensvc import BaseHandler, Config, RateLimiter, Services
 
 __all__ = ["STATIC_DIR", "ChatkitExtension", "ChatkitState"]
 
@@ -48,6 +48,8 @@ class ChatkitState:
     upstream: Upstream
     streams: StreamRegistry
     replies: ReplyTasks
+    writes: RateLimiter
+    max_thread_messages: int
 
 
 class ChatkitExtension:
@@ -98,8 +100,17 @@ class ChatkitExtension:
         threads = self._threads or self._make_threads()
         upstream = self._upstream or make_upstream(chat.upstream_url)
         streams = StreamRegistry(chat.max_streams_per_subject)
-        replies = ReplyTasks(threads, upstream, chat.model)
-        self._state = ChatkitState(threads, upstream, streams, replies)
+        replies = ReplyTasks(
+            threads, upstream, chat.model, max_per_owner=chat.max_replies_per_subject
+        )
+        self._state = ChatkitState(
+            threads=threads,
+            upstream=upstream,
+            streams=streams,
+            replies=replies,
+            writes=RateLimiter(),
+            max_thread_messages=chat.max_thread_messages,
+        )
         self._unsubscribe = [
             services.revocations.subscribe(streams.revoked),
             services.revocations.subscribe(replies.revoked),

@@ -2,11 +2,10 @@
 
 Everything here belongs to an owner, the token's client and subject together
 (:func:`~chatkit.threads.owner_of`): threads, open streams, running replies and the write
-rate. Limits, each per owner and per process unless noted: ``max_streams_per_subject`` open
-streams, :data:`~chatkit.replies.DEFAULT_MAX_REPLIES_PER_OWNER` running replies and
-:data:`~chatkit.replies.DEFAULT_WRITES_PER_MINUTE` thread and message writes a minute
-(429 with Retry-After past each), and :data:`MAX_THREAD_MESSAGES` messages per thread
-(400 past it, in every process).
+rate. Limits (``[chatkit]`` settings), each per owner and per process unless noted:
+``max_streams_per_subject`` open streams, ``max_replies_per_subject`` running replies and
+``writes_per_minute`` thread and message writes (429 with Retry-After past each), and
+``max_thread_messages`` messages per thread (400 past it, in every process).
 """
 
 from __future__ import annotations
@@ -57,10 +56,6 @@ MAX_MESSAGE_BODY_BYTES = 12 * MAX_MESSAGE_CHARS + 1024
 TOKEN_EXPIRING_LEAD = 30.0
 # How long the browser waits before reconnecting by itself (EventSource "retry:").
 RECONNECT_MS = 2000
-#: Messages a thread may hold; once it holds this many, posting another is a 400. A reply
-#: already under way still lands, so a thread ends with at most a few more.
-MAX_THREAD_MESSAGES = 1000
-
 
 class ChatkitHandler(TokenAuthMixin, BaseHandler):
     """Base of the ChatKit routes: scope ``chatkit`` and the extension's shared state."""
@@ -76,6 +71,11 @@ class ChatkitHandler(TokenAuthMixin, BaseHandler):
     def owner(self) -> str:
         """Who the token acts for: its client and its subject."""
         return owner_of(self.claims)
+
+    def take_write(self) -> None:
+        """Spend one of the owner's thread and message writes; 429 when none are left."""
+        per_minute = self.services.config.chatkit.writes_per_minute
+        self.state.writes.take(f"writes:{self.owner}", per_minute)
 
     async def owned_thread(self, thread_id: str) -> Thread:
         """The thread if it is this owner's; 404 alike for missing and foreign ones."""
@@ -104,7 +104,7 @@ class ThreadsHandler(ChatkitHandler):
     """``POST /chatkit/threads``: a new thread owned by the token's client and subject."""
 
     async def post(self) -> None:
-        self.state.replies.writes.take(self.owner)
+        self.take_write()
         thread_id = await self.state.threads.create_thread(self.owner)
         self.write_json({"id": thread_id}, status=201)
 
@@ -142,9 +142,10 @@ class MessagesHandler(ChatkitHandler):
         replies = self.state.replies
         # The reply slot first: a message refused for it must not be stored without a reply.
         with replies.reserve(owner) as slot:
-            replies.writes.take(owner)
+            self.take_write()
+            # A reply already under way still lands, so a full thread may end a few over.
             message = await self.state.threads.add_message(
-                thread_id, owner, "user", text, limit=MAX_THREAD_MESSAGES
+                thread_id, owner, "user", text, limit=self.state.max_thread_messages
             )
             response_id = "resp_" + secrets.token_urlsafe(12)
             slot.start(self.claims, thread_id, response_id, secret)

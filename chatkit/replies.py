@@ -7,8 +7,8 @@ Cancelling the task closes the upstream HTTP stream (the upstream client's gener
 closed as the task unwinds).
 
 What one owner (:func:`~chatkit.threads.owner_of`: a client and its subject) may cause is
-bounded too, per process: at most ``max_per_owner`` replies running at once, and at most
-``writes_per_minute`` thread and message writes (:class:`WriteRate`); past either, 429.
+bounded too, per process: at most ``max_per_owner`` replies running at once (past it, 429);
+the write rate is the extension's (``[chatkit] writes_per_minute``).
 """
 
 from __future__ import annotations
@@ -17,10 +17,8 @@ import asyncio
 import contextlib
 import functools
 import logging
-import math
-import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 from chatkit.threads import ThreadStore
 from chatkit.upstream import Upstream
@@ -28,10 +26,8 @@ from tokensvc import Claims, RevocationEntry, Secret, TooManyRequests, UpstreamE
 
 __all__ = [
     "DEFAULT_MAX_REPLIES_PER_OWNER",
-    "DEFAULT_WRITES_PER_MINUTE",
     "ReplySlot",
     "ReplyTasks",
-    "WriteRate",
 ]
 
 log = logging.getLogger("chatkit.replies")
@@ -41,63 +37,8 @@ DEFAULT_REPLY_TIMEOUT = 300.0
 CONTEXT_MESSAGES = 50
 #: Replies one owner may have running at once, per process; one more message is a 429.
 DEFAULT_MAX_REPLIES_PER_OWNER = 4
-#: ``POST /chatkit/threads`` and ``POST .../messages`` together, per owner and minute, per
-#: process, in bursts of up to this many.
-DEFAULT_WRITES_PER_MINUTE = 60
 # A running reply usually ends within seconds; ask for a retry after about that long.
 REPLY_LIMIT_RETRY_AFTER = 5
-
-
-class WriteRate:
-    """A token bucket per owner: ``per_minute`` writes a minute, in bursts of that many.
-
-    Buckets that have refilled completely carry no information and are dropped now and
-    then, so many distinct owners cannot grow memory without bound.
-    """
-
-    PRUNE_EVERY = 1024
-
-    def __init__(
-        self,
-        per_minute: int = DEFAULT_WRITES_PER_MINUTE,
-        *,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        if per_minute < 1:
-            raise ValueError("per_minute must be at least 1")
-        self.per_minute = per_minute
-        self._clock = clock
-        self._buckets: dict[str, tuple[float, float]] = {}  # owner -> (tokens, as of)
-        self._calls = 0
-
-    def take(self, owner: str) -> None:
-        """Spend one write of ``owner``'s; TooManyRequests (with Retry-After) when none left."""
-        now = self._clock()
-        self._calls += 1
-        if self._calls % self.PRUNE_EVERY == 0:
-            self._prune(now)
-        tokens = self._tokens(owner, now)
-        if tokens < 1.0:
-            self._buckets[owner] = (tokens, now)
-            wait = (1.0 - tokens) * 60.0 / self.per_minute
-            raise TooManyRequests("owner at its write rate", retry_after=max(1, math.ceil(wait)))
-        self._buckets[owner] = (tokens - 1.0, now)
-
-    def _tokens(self, owner: str, now: float) -> float:
-        entry = self._buckets.get(owner)
-        if entry is None:
-            return float(self.per_minute)
-        tokens, as_of = entry
-        refill = max(0.0, now - as_of) * self.per_minute / 60.0
-        return min(float(self.per_minute), tokens + refill)
-
-    def _prune(self, now: float) -> None:
-        for owner in list(self._buckets):
-            if self._tokens(owner, now) >= self.per_minute:
-                del self._buckets[owner]
-
-    def __len__(self) -> int:
-        return len(self._buckets)
 
 
 class ReplySlot:
@@ -122,9 +63,6 @@ class ReplySlot:
 
 class ReplyTasks:
     """Starts, tracks, limits and cancels the reply tasks of this process.
-
-    ``writes`` is the per-owner :class:`WriteRate` that the thread and message routes draw
-    on; it is kept here, with the reply limit, as this process's one budget per owner.
     """
 
     def __init__(
@@ -135,8 +73,6 @@ class ReplyTasks:
         *,
         timeout: float = DEFAULT_REPLY_TIMEOUT,
         max_per_owner: int = DEFAULT_MAX_REPLIES_PER_OWNER,
-        writes_per_minute: int = DEFAULT_WRITES_PER_MINUTE,
-        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if max_per_owner < 1:
             raise ValueError("max_per_owner must be at least 1")
@@ -145,7 +81,6 @@ class ReplyTasks:
         self._model = model
         self._timeout = timeout
         self._max_per_owner = max_per_owner
-        self.writes = WriteRate(writes_per_minute, clock=clock)
         self._tasks: dict[asyncio.Task[None], Claims] = {}
         self._busy: Counter[str] = Counter()  # replies running or reserved, per owner
 

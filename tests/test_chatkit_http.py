@@ -8,6 +8,7 @@ scope, missing credentials, wrong token type.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import shutil
@@ -20,8 +21,6 @@ import pytest
 import tornado.web
 
 from chatkit import ChatkitExtension
-from chatkit.handlers import MAX_THREAD_MESSAGES
-from chatkit.replies import WriteRate
 from chatkit.thread_redis import DEFAULT_BLOCK, DEFAULT_COMMAND_TIMEOUT, RedisThreadStore
 from chatkit.threads import ThreadStore, owner_of
 from tests.chatkit_support import (
@@ -46,7 +45,8 @@ from tests.fake_upstream import (
 )
 from tests.support import OTHER_CLIENT_ID, UPSTREAM_SECRET, make_app, make_services
 from tests.test_revocation_redis import PrivateRedis
-from tokensvc import Services
+from tokensvc import RateLimiter, Services
+from tokensvc.config import ChatkitConfig
 
 WORKFLOW_ID = "wf_tests_0123"
 BARE_CHALLENGE = 'Bearer realm="tokensvc"'
@@ -444,10 +444,14 @@ async def test_upstream_failure_during_reply_is_an_error_event_without_the_body(
 @pytest.mark.gen_test(timeout=10)
 async def test_thread_and_message_writes_share_one_rate_per_owner(
     http_client: Any, base_url: str, services: Services, token: str,
-    extension: ChatkitExtension, clock: FakeClock,
+    extension: ChatkitExtension, clock: FakeClock, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # A frozen clock and a small budget, so the bucket cannot refill during the test.
-    extension.state.replies.writes = WriteRate(3, clock=clock)
+    extension.state.writes = RateLimiter(clock=clock)
+    monkeypatch.setattr(services, "config", dataclasses.replace(
+        services.config,
+        chatkit=dataclasses.replace(services.config.chatkit, writes_per_minute=3),
+    ))
     thread_id = await new_thread(http_client, base_url, token)  # 1
     messages = f"{base_url}/chatkit/threads/{thread_id}/messages"
     posted = await fetch(http_client, messages, method="POST", headers=bearer(token),
@@ -479,7 +483,7 @@ async def test_thread_and_message_writes_share_one_rate_per_owner(
 
 @pytest.mark.parametrize(
     ("held", "expected"),
-    [(MAX_THREAD_MESSAGES - 1, 202), (MAX_THREAD_MESSAGES, 400)],
+    [(ChatkitConfig().max_thread_messages - 1, 202), (ChatkitConfig().max_thread_messages, 400)],
     ids=["one-below-the-limit", "at-the-limit"],
 )
 @pytest.mark.gen_test(timeout=10)
@@ -498,7 +502,7 @@ async def test_a_full_thread_refuses_another_message_with_400(
         assert error_of(response) == "invalid_request"
         thread = await extension.state.threads.get_thread(thread_id, owner)
         assert thread is not None
-        assert len(thread.messages) == MAX_THREAD_MESSAGES
+        assert len(thread.messages) == ChatkitConfig().max_thread_messages
 
 
 # -- a thread store that hangs ---------------------------------------------------------------

@@ -9,11 +9,10 @@ from typing import Any
 
 import pytest
 
-from chatkit.replies import ReplyTasks, WriteRate
+from chatkit.replies import ReplyTasks
 from chatkit.thread_memory import DEFAULT_QUEUE_SIZE, MemoryThreadStore
 from chatkit.threads import ThreadFull, owner_of
 from tests.chatkit_support import eventually
-from tests.conftest import FakeClock
 from tokensvc import Claims, Secret, TooManyRequests
 
 WAIT = 5.0
@@ -59,51 +58,6 @@ def test_owner_is_the_client_and_the_subject() -> None:
     assert owner_of(claims("alice", "extension")) != owner_of(claims("alice", "other"))
     # Client ids cannot hold ":", so no pair of client and subject reads as another.
     assert owner_of(claims("b:c", "a")) == "a:b:c"
-
-
-# -- the write rate --------------------------------------------------------------------------
-
-
-def test_write_rate_allows_a_burst_then_429_with_retry_after(clock: FakeClock) -> None:
-    rate = WriteRate(60, clock=clock)
-    for _ in range(60):
-        rate.take("extension:alice")
-    with pytest.raises(TooManyRequests) as refused:
-        rate.take("extension:alice")
-    assert refused.value.status_code == 429
-    assert refused.value.response_headers()["Retry-After"] == "1"
-    # Another owner has its own bucket.
-    rate.take("other:alice")
-
-
-def test_write_rate_refills_at_its_rate(clock: FakeClock) -> None:
-    rate = WriteRate(6, clock=clock)  # one write every 10 s
-    for _ in range(6):
-        rate.take("o")
-    clock.advance(9.9)
-    with pytest.raises(TooManyRequests) as refused:
-        rate.take("o")
-    assert refused.value.retry_after == 1
-    clock.advance(0.2)
-    rate.take("o")
-    with pytest.raises(TooManyRequests) as again:
-        rate.take("o")
-    assert again.value.retry_after == 10
-
-
-def test_write_rate_forgets_owners_whose_bucket_is_full_again(clock: FakeClock) -> None:
-    rate = WriteRate(60, clock=clock)
-    for n in range(WriteRate.PRUNE_EVERY - 1):
-        rate.take(f"owner-{n}")
-    assert len(rate) == WriteRate.PRUNE_EVERY - 1
-    clock.advance(1.0)  # every bucket has refilled its one write
-    rate.take("latest")
-    assert len(rate) <= 1
-
-
-def test_write_rate_rejects_a_zero_rate() -> None:
-    with pytest.raises(ValueError, match="per_minute"):
-        WriteRate(0)
 
 
 # -- the reply limit -------------------------------------------------------------------------

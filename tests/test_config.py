@@ -449,3 +449,16 @@ def test_may_use_matches_fnmatch_patterns_case_sensitively(
 def test_env_prefix_that_clashes_with_configuration_variables_is_refused() -> None:
     with pytest.raises(ConfigError, match="env_prefix"):
         load_config(env={"TOKENSVC_SECRETS_ENV_PREFIX": "TOKENSVC_SECRETS_"})
+
+
+@pytest.mark.parametrize("key", ["writes_per_minute", "max_replies_per_subject",
+                                 "max_thread_messages"])
+def test_chatkit_limits_must_be_positive(key: str) -> None:
+    with pytest.raises(ConfigError, match=f"\\[chatkit\\] {key}"):
+        load_config(env={f"TOKENSVC_CHATKIT_{key.upper()}": "0"})
+
+
+def test_chatkit_limits_have_defaults() -> None:
+    chatkit = load_config(env={}).chatkit
+    assert (chatkit.writes_per_minute, chatkit.max_replies_per_subject,
+            chatkit.max_thread_messages) == (60, 4, 1000)

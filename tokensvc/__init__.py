@@ -6,6 +6,7 @@ The public names below are what extensions (such as ``chatkit``) may use.
 from tokensvc.app import Extension, build_services, make_app
 from tokensvc.auth import TokenAuthMixin
 from tokensvc.claims import SESSION, TICKET, Claims, TokenType
+from tokensvc.clients import RateLimiter
 from tokensvc.config import Config, load_config
 from tokensvc.errors import (
     ApiError,
@@ -42,6 +43,7 @@ __all__ = [
     "InvalidRequest",
     "InvalidToken",
     "NotFound",
+    "RateLimiter",
     "RevocationEntry",
     "RevocationStore",
     "Secret",

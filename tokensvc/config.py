@@ -120,6 +120,9 @@ class ChatkitConfig:
     max_streams_per_subject: int = 8
     heartbeat: float = 15.0
     history: int = 500
+    writes_per_minute: int = 60
+    max_replies_per_subject: int = 4
+    max_thread_messages: int = 1000
 
 
 @dataclass(frozen=True)
@@ -412,6 +415,9 @@ def _validate(config: Config) -> None:
         (c.max_streams_per_subject >= 1, "[chatkit] max_streams_per_subject must be at least 1"),
         (c.heartbeat > 0, "[chatkit] heartbeat must be positive"),
         (c.history >= 1, "[chatkit] history must be at least 1"),
+        (c.writes_per_minute >= 1, "[chatkit] writes_per_minute must be at least 1"),
+        (c.max_replies_per_subject >= 1, "[chatkit] max_replies_per_subject must be at least 1"),
+        (c.max_thread_messages >= 1, "[chatkit] max_thread_messages must be at least 1"),
         (
             c.upstream_url in ("", "echo") or _is_http_url(c.upstream_url),
             "[chatkit] upstream_url must be \"\", \"echo\" or an http(s) URL",
