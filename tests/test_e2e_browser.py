@@ -52,15 +52,19 @@ def chromium_binary() -> str:
 
 
 @contextlib.contextmanager
-def demo_server(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+def demo_server(tmp_path: Path, config: str | None = None) -> Iterator[tuple[str, Path]]:
     """``tokensvc serve --demo`` on a free port in a scratch directory: (url, keys dir)."""
     keys_dir = tmp_path / "keys"
+    options = []
+    if config is not None:
+        (tmp_path / "tokensvc.toml").write_text(config)
+        options = ["--config", str(tmp_path / "tokensvc.toml")]
     env = {name: value for name, value in os.environ.items() if not name.startswith("TOKENSVC_")}
     stdout_path, stderr_path = tmp_path / "stdout.txt", tmp_path / "stderr.txt"
     with open(stdout_path, "wb") as stdout, open(stderr_path, "wb") as stderr:
         proc = subprocess.Popen(
             [sys.executable, "-m", "tokensvc", "serve", "--port", "0", "--demo",
-             "--keys-dir", str(keys_dir)],
+             "--keys-dir", str(keys_dir), *options],
             cwd=tmp_path, env=env, stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr,
         )
     try:
@@ -154,3 +158,62 @@ def test_demo_page_chats_over_eventsource_and_shows_revocation(tmp_path: Path) -
             assert page.locator("#send").is_disabled()
         finally:
             browser.close()
+
+
+SHORT_SESSION = """
+[tokens]
+ttl = 10
+max_ttl = 10
+session_max_lifetime = 3600
+"""
+
+
+def test_demo_page_refreshes_and_resumes_its_stream_when_the_token_expires(
+    tmp_path: Path,
+) -> None:
+    """Ten-second tokens: the page refreshes ahead, and when the stream's token runs out
+    (``session_expired``) it resumes with a fresh ticket from its last event id, so a reply
+    sent afterwards still arrives, and nothing is shown twice."""
+    chromium = chromium_binary()
+    from playwright.sync_api import sync_playwright
+
+    requests: list[str] = []
+    with demo_server(tmp_path, SHORT_SESSION) as (url, _keys), sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=chromium, headless=True, args=CHROMIUM_ARGS, timeout=PAGE_WAIT_MS
+        )
+        try:
+            page = browser.new_page()
+            page.set_default_timeout(PAGE_WAIT_MS)
+            page.on("request", lambda request: requests.append(request.url))
+            page.goto(url + "/chatkit/demo")
+            page.locator('body[data-status="connected"]').wait_for()
+            page.fill("#text", "before expiry")
+            page.click("#send")
+            page.locator('.assistant[data-done="true"]').wait_for()
+
+            # Past the first stream's token: the page must have reconnected by itself.
+            deadline = time.monotonic() + 25
+            while time.monotonic() < deadline and len(event_streams(requests)) < 2:
+                page.wait_for_timeout(200)
+            streams = event_streams(requests)
+            assert len(streams) >= 2, requests
+            resumed = parse_qs(urlsplit(streams[-1]).query)
+            assert "last_event_id" in resumed  # it resumed, not restarted
+            assert any(urlsplit(u).path == "/sessions/refresh" for u in requests)
+            page.locator('body[data-status="connected"]').wait_for()
+
+            page.fill("#text", "after expiry")
+            page.click("#send")
+            page.locator('.assistant[data-done="true"] >> nth=1').wait_for()
+            replies = page.locator(".assistant").all_text_contents()
+            assert replies == ["before expiry", "after expiry"]  # no replay shown twice
+            assert page.locator(".user").all_text_contents() == [
+                "before expiry", "after expiry"
+            ]
+        finally:
+            browser.close()
+
+
+def event_streams(requests: list[str]) -> list[str]:
+    return [u for u in requests if urlsplit(u).path.endswith("/events")]

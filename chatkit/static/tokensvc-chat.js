@@ -36,10 +36,16 @@
     this._scheduleRefresh();
   };
 
+  // How long before expiry to refresh: a minute, or a third of a short token's lifetime.
+  TokensvcChat.prototype._refreshLead = function () {
+    var lifetime = this.session.expires_in || REFRESH_AHEAD_S * 3;
+    return Math.min(REFRESH_AHEAD_S, lifetime / 3);
+  };
+
   TokensvcChat.prototype._scheduleRefresh = function () {
     var self = this;
     clearTimeout(this._refreshTimer);
-    var wait = Math.max(1, this.session.expires_at - this._now() - REFRESH_AHEAD_S);
+    var wait = Math.max(1, this.session.expires_at - this._now() - this._refreshLead());
     this._refreshTimer = setTimeout(function () {
       self.refresh().catch(function () {});
     }, wait * 1000);
@@ -73,7 +79,7 @@
   };
 
   TokensvcChat.prototype._api = async function (method, path, body) {
-    if (this.session.expires_at - this._now() < REFRESH_AHEAD_S) await this.refresh();
+    if (this.session.expires_at - this._now() < this._refreshLead()) await this.refresh();
     var init = {
       method: method,
       headers: { Authorization: "Bearer " + this.session.access_token },
