@@ -11,7 +11,8 @@ import asyncio
 import dataclasses
 import json
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,7 +22,7 @@ import tornado.testing
 
 from chatkit import ChatkitExtension
 from tests.fake_upstream import FakeUpstream
-from tests.support import CLIENT_ID, UPSTREAM_SECRET, make_config
+from tests.support import CLIENT_ID, UPSTREAM_SECRET, make_config, make_services
 from tokensvc import Config, Secret, Services
 from tokensvc.config import ChatkitConfig
 
@@ -31,12 +32,17 @@ __all__ = [
     "SseStream",
     "bearer",
     "chatkit_config",
+    "events_path",
     "eventually",
     "fetch",
     "mint",
     "new_thread",
+    "new_thread_stream",
     "new_ticket",
     "open_events",
+    "running_extension",
+    "running_fake_upstream",
+    "running_services",
     "start_extension",
     "start_fake_upstream",
 ]
@@ -67,6 +73,40 @@ def start_fake_upstream(fake: FakeUpstream) -> tuple[tornado.httpserver.HTTPServ
     server = tornado.httpserver.HTTPServer(fake.app())
     server.add_socket(sock)
     return server, f"http://127.0.0.1:{port}/v1"
+
+
+@contextmanager
+def running_fake_upstream(io_loop: Any, fake: FakeUpstream) -> Iterator[str]:
+    """``fake`` served on ``io_loop`` for the ``with`` block: its ``/v1`` URL."""
+    server, url = start_fake_upstream(fake)
+    try:
+        yield url
+    finally:
+        server.stop()
+        io_loop.run_sync(server.close_all_connections, timeout=WAIT)
+
+
+@contextmanager
+def running_services(io_loop: Any, config: Config) -> Iterator[Services]:
+    """The tests' services for ``config``, their revocation store started on ``io_loop``."""
+    built = make_services(config=config)
+    io_loop.run_sync(built.revocations.start)
+    try:
+        yield built
+    finally:
+        io_loop.run_sync(built.revocations.close)
+
+
+@contextmanager
+def running_extension(
+    io_loop: Any, services: Services, **kwargs: Any
+) -> Iterator[ChatkitExtension]:
+    """A ChatKit extension started on ``io_loop`` (kwargs: threads=, upstream=), then closed."""
+    started = io_loop.run_sync(lambda: start_extension(services, **kwargs))
+    try:
+        yield started
+    finally:
+        io_loop.run_sync(started.close, timeout=WAIT)
 
 
 def mint(
@@ -125,6 +165,18 @@ async def new_ticket(client: Any, base_url: str, token: str) -> str:
     assert response.code == 200, response.body
     ticket: str = json.loads(response.body)["ticket"]
     return ticket
+
+
+def events_path(thread_id: str, query: str = "") -> str:
+    return f"/chatkit/threads/{thread_id}/events" + (f"?{query}" if query else "")
+
+
+async def new_thread_stream(
+    client: Any, base_url: str, port: int, token: str
+) -> tuple[str, SseStream]:
+    """A new thread of ``token``'s owner and its event stream, opened with the bearer token."""
+    thread_id = await new_thread(client, base_url, token)
+    return thread_id, await open_events(port, events_path(thread_id), bearer(token))
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ import os
 from collections.abc import Callable
 from typing import Any
 
+import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
 from tokensvc.app import build_services, make_app
@@ -63,6 +64,13 @@ def client(client_id: str, secret: str, patterns: tuple[str, ...] = ("*",),
         secret_key_ids=patterns,
         rate_limit=rate_limit,
     )
+
+
+def clear_tokensvc_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Unset every TOKENSVC_* variable for the test (code under test reads them)."""
+    for name in list(os.environ):
+        if name.startswith("TOKENSVC_"):
+            monkeypatch.delenv(name)
 
 
 def basic(client_id: str = CLIENT_ID, secret: str = CLIENT_SECRET) -> str:

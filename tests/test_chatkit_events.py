@@ -35,14 +35,18 @@ from tests.chatkit_support import (
     SseStream,
     bearer,
     chatkit_config,
+    events_path,
     eventually,
     fetch,
     mint,
     new_thread,
+    new_thread_stream,
     new_ticket,
     open_events,
+    running_extension,
+    running_fake_upstream,
+    running_services,
     start_extension,
-    start_fake_upstream,
 )
 from tests.fake_upstream import DEFAULT_DELTAS, FakeUpstream
 from tests.support import (
@@ -86,12 +90,10 @@ def upstream(io_loop: Any, upstream_kind: str, fake: FakeUpstream) -> Iterator[U
     if upstream_kind == "echo":
         yield EchoUpstream()
         return
-    server, url = start_fake_upstream(fake)
-    client = OpenAIUpstream(url, timeout=WAIT)
-    yield client
-    io_loop.run_sync(client.close)
-    server.stop()
-    io_loop.run_sync(server.close_all_connections, timeout=WAIT)
+    with running_fake_upstream(io_loop, fake) as url:
+        client = OpenAIUpstream(url, timeout=WAIT)
+        yield client
+        io_loop.run_sync(client.close)
 
 
 class _FlakySubscription(Subscription):
@@ -137,21 +139,16 @@ def threads(threads_kind: str) -> ThreadStore | None:
 
 @pytest.fixture
 def services(io_loop: Any, config: Config) -> Iterator[Services]:
-    built = make_services(config=config)
-    io_loop.run_sync(built.revocations.start)
-    yield built
-    io_loop.run_sync(built.revocations.close)
+    with running_services(io_loop, config) as built:
+        yield built
 
 
 @pytest.fixture
 def extension(
     io_loop: Any, services: Services, upstream: Upstream, threads: ThreadStore | None
 ) -> Iterator[ChatkitExtension]:
-    started = io_loop.run_sync(
-        lambda: start_extension(services, upstream=upstream, threads=threads)
-    )
-    yield started
-    io_loop.run_sync(started.close, timeout=WAIT)
+    with running_extension(io_loop, services, upstream=upstream, threads=threads) as started:
+        yield started
 
 
 @pytest.fixture
@@ -162,10 +159,6 @@ def app(services: Services, extension: ChatkitExtension) -> tornado.web.Applicat
 @pytest.fixture
 def token(services: Services) -> str:
     return mint(services, user="alice")
-
-
-def events_path(thread_id: str, query: str = "") -> str:
-    return f"/chatkit/threads/{thread_id}/events" + (f"?{query}" if query else "")
 
 
 async def post_message(http_client: Any, base_url: str, token: str, thread_id: str,
@@ -179,6 +172,19 @@ async def post_message(http_client: Any, base_url: str, token: str, thread_id: s
 
 def only_events(items: list[SseItem]) -> list[SseItem]:
     return [item for item in items if item.is_event]
+
+
+async def open_by_ticket(http_client: Any, base_url: str, http_port: int, token: str,
+                         thread_id: str) -> tuple[str, SseStream]:
+    """A new stream ticket of ``token`` and the stream it opens (its status not checked)."""
+    ticket = await new_ticket(http_client, base_url, token)
+    return ticket, await open_events(http_port, events_path(thread_id, f"access_token={ticket}"))
+
+
+async def open_max_streams(http_port: int, thread_id: str, token: str) -> list[SseStream]:
+    """MAX_STREAMS streams on ``thread_id`` with ``token`` as bearer (statuses not checked)."""
+    return [await open_events(http_port, events_path(thread_id), bearer(token))
+            for _ in range(MAX_STREAMS)]
 
 
 async def run_reply(
@@ -199,8 +205,7 @@ async def run_reply(
 @pytest.mark.gen_test(timeout=10)
 async def test_stream_headers(http_client: Any, base_url: str, http_port: int,
                               token: str) -> None:
-    thread_id = await new_thread(http_client, base_url, token)
-    stream = await open_events(http_port, events_path(thread_id), bearer(token))
+    _, stream = await new_thread_stream(http_client, base_url, http_port, token)
     try:
         assert stream.status == 200
         assert stream.headers["content-type"].startswith("text/event-stream")
@@ -227,8 +232,7 @@ async def test_message_then_deltas_then_done_with_increasing_ids(
     http_client: Any, base_url: str, http_port: int, token: str, upstream_kind: str,
     text: str, expected: str,
 ) -> None:
-    thread_id = await new_thread(http_client, base_url, token)
-    stream = await open_events(http_port, events_path(thread_id), bearer(token))
+    thread_id, stream = await new_thread_stream(http_client, base_url, http_port, token)
     try:
         posted = await post_message(http_client, base_url, token, thread_id, text)
         items = only_events(await stream.until("done"))
@@ -255,8 +259,7 @@ async def test_message_then_deltas_then_done_with_increasing_ids(
 async def test_ping_comments_every_heartbeat(
     http_client: Any, base_url: str, http_port: int, token: str
 ) -> None:
-    thread_id = await new_thread(http_client, base_url, token)
-    stream = await open_events(http_port, events_path(thread_id), bearer(token))
+    _, stream = await new_thread_stream(http_client, base_url, http_port, token)
     loop = asyncio.get_running_loop()
     arrivals: list[float] = []
     try:
@@ -284,8 +287,7 @@ async def test_a_reply_longer_than_the_reader_queue_reaches_the_stream_whole(
     assert upstream.delay == 0
     words = 2 * DEFAULT_QUEUE_SIZE + 100
     text = " ".join(f"w{n}" for n in range(words))
-    thread_id = await new_thread(http_client, base_url, token)
-    stream = await open_events(http_port, events_path(thread_id), bearer(token))
+    thread_id, stream = await new_thread_stream(http_client, base_url, http_port, token)
     try:
         posted = await post_message(http_client, base_url, token, thread_id, text)
         items = only_events(await stream.until("done", within=15.0))
@@ -304,8 +306,7 @@ async def test_a_reader_dropped_for_lagging_gets_stream_lagging_and_resumes(
     extension: ChatkitExtension,
 ) -> None:
     store = extension.state.threads
-    thread_id = await new_thread(http_client, base_url, token)
-    stream = await open_events(http_port, events_path(thread_id), bearer(token))
+    thread_id, stream = await new_thread_stream(http_client, base_url, http_port, token)
     try:
         assert stream.status == 200
         await store.append_event(thread_id, "delta", {"n": 1})
@@ -393,8 +394,7 @@ async def test_ticket_in_the_query_works_once(
     http_client: Any, base_url: str, http_port: int, token: str
 ) -> None:
     thread_id = await new_thread(http_client, base_url, token)
-    ticket = await new_ticket(http_client, base_url, token)
-    stream = await open_events(http_port, events_path(thread_id, f"access_token={ticket}"))
+    ticket, stream = await open_by_ticket(http_client, base_url, http_port, token, thread_id)
     try:
         assert stream.status == 200
         await post_message(http_client, base_url, token, thread_id, "via a ticket")
@@ -510,8 +510,7 @@ async def test_stream_opened_by_ticket_lives_past_the_tickets_own_expiry(
     # The ticket only opens the stream; it carries the session token's exp, which is what
     # bounds the stream (API.md section 2).
     thread_id = await new_thread(http_client, base_url, token)
-    ticket = await new_ticket(http_client, base_url, token)
-    stream = await open_events(http_port, events_path(thread_id, f"access_token={ticket}"))
+    ticket, stream = await open_by_ticket(http_client, base_url, http_port, token, thread_id)
     try:
         assert stream.status == 200
         payload = ticket.split(".")[1]
@@ -533,8 +532,7 @@ async def test_thread_store_failure_mid_stream_ends_it_with_an_error_event(
     threads: ThreadStore, extension: ChatkitExtension, caplog: Any,
 ) -> None:
     assert isinstance(threads, FlakyThreads)
-    thread_id = await new_thread(http_client, base_url, token)
-    stream = await open_events(http_port, events_path(thread_id), bearer(token))
+    _, stream = await new_thread_stream(http_client, base_url, http_port, token)
     try:
         assert stream.status == 200
         await stream.until(lambda i: i.comment == "ping")
@@ -555,8 +553,7 @@ async def test_a_busy_stream_still_rechecks_every_heartbeat(
     # Events arrive far more often than the heartbeat, so the stream is never quiet; the
     # checks must run anyway. The one checked here: the token's signing key was retired.
     store = extension.state.threads
-    thread_id = await new_thread(http_client, base_url, token)
-    stream = await open_events(http_port, events_path(thread_id), bearer(token))
+    thread_id, stream = await new_thread_stream(http_client, base_url, http_port, token)
     sent = 0
 
     async def keep_busy() -> None:
@@ -588,8 +585,7 @@ async def test_a_busy_stream_still_rechecks_every_heartbeat(
 
 async def open_with_ticket(http_client: Any, base_url: str, http_port: int, token: str,
                            thread_id: str) -> SseStream:
-    ticket = await new_ticket(http_client, base_url, token)
-    stream = await open_events(http_port, events_path(thread_id, f"access_token={ticket}"))
+    _, stream = await open_by_ticket(http_client, base_url, http_port, token, thread_id)
     assert stream.status == 200
     assert await stream.next() is not None  # "retry:": the handler is streaming
     return stream
@@ -650,8 +646,7 @@ async def test_revocation_cancels_a_running_reply_and_its_upstream_request(
     extension: ChatkitExtension, upstream_kind: str,
 ) -> None:
     fake.mode = "stall"  # one delta, then the upstream keeps the response open
-    thread_id = await new_thread(http_client, base_url, token)
-    stream = await open_events(http_port, events_path(thread_id), bearer(token))
+    thread_id, stream = await new_thread_stream(http_client, base_url, http_port, token)
     try:
         posted = await post_message(http_client, base_url, token, thread_id, "hello")
         await stream.until("delta")
@@ -679,8 +674,7 @@ async def test_revocation_cancels_a_slow_echo_reply(
 ) -> None:
     assert isinstance(upstream, EchoUpstream)
     upstream.delay = 0.3
-    thread_id = await new_thread(http_client, base_url, token)
-    stream = await open_events(http_port, events_path(thread_id), bearer(token))
+    thread_id, stream = await new_thread_stream(http_client, base_url, http_port, token)
     try:
         await post_message(http_client, base_url, token, thread_id, " ".join(["word"] * 50))
         await stream.until("delta")
@@ -704,8 +698,7 @@ async def test_more_than_max_streams_per_subject_is_429(
     http_client: Any, base_url: str, http_port: int, services: Services, token: str
 ) -> None:
     thread_id = await new_thread(http_client, base_url, token)
-    opened = [await open_events(http_port, events_path(thread_id), bearer(token))
-              for _ in range(MAX_STREAMS)]
+    opened = await open_max_streams(http_port, thread_id, token)
     try:
         assert [s.status for s in opened] == [200] * MAX_STREAMS
         refused = await open_events(http_port, events_path(thread_id), bearer(token))
@@ -729,8 +722,7 @@ async def test_a_client_disconnect_frees_its_stream_slot(
     http_client: Any, base_url: str, http_port: int, extension: ChatkitExtension, token: str
 ) -> None:
     thread_id = await new_thread(http_client, base_url, token)
-    opened = [await open_events(http_port, events_path(thread_id), bearer(token))
-              for _ in range(MAX_STREAMS)]
+    opened = await open_max_streams(http_port, thread_id, token)
     try:
         for _ in range(3):  # several rounds: slots must not leak
             await opened.pop(0).close()
@@ -758,16 +750,14 @@ async def test_another_client_with_the_same_user_has_its_own_stream_slots(
     # Another client may mint tokens for "alice" too; that is not the same owner.
     other_alice = mint(services, user="alice", client_id=OTHER_CLIENT_ID)
     other_thread = await new_thread(http_client, base_url, other_alice)
-    theirs = [await open_events(http_port, events_path(other_thread), bearer(other_alice))
-              for _ in range(MAX_STREAMS)]
+    theirs = await open_max_streams(http_port, other_thread, other_alice)
     ours: list[SseStream] = []
     try:
         assert [s.status for s in theirs] == [200] * MAX_STREAMS
         refused = await open_events(http_port, events_path(other_thread), bearer(other_alice))
         assert refused.status == 429
         thread_id = await new_thread(http_client, base_url, token)
-        ours = [await open_events(http_port, events_path(thread_id), bearer(token))
-                for _ in range(MAX_STREAMS)]
+        ours = await open_max_streams(http_port, thread_id, token)
         assert [s.status for s in ours] == [200] * MAX_STREAMS
         # Nor can either open a stream on the other's thread.
         crossed = await open_events(http_port, events_path(thread_id), bearer(other_alice))

@@ -11,10 +11,8 @@ import asyncio
 import dataclasses
 import json
 import logging
-import shutil
 import signal
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -24,16 +22,17 @@ from chatkit import ChatkitExtension
 from chatkit.thread_redis import DEFAULT_BLOCK, DEFAULT_COMMAND_TIMEOUT, RedisThreadStore
 from chatkit.threads import ThreadStore, owner_of
 from tests.chatkit_support import (
-    WAIT,
     bearer,
     chatkit_config,
     fetch,
     mint,
     new_thread,
+    new_thread_stream,
     new_ticket,
     open_events,
-    start_extension,
-    start_fake_upstream,
+    running_extension,
+    running_fake_upstream,
+    running_services,
 )
 from tests.conftest import FakeClock
 from tests.fake_upstream import (
@@ -43,8 +42,8 @@ from tests.fake_upstream import (
     SESSION_SECRET,
     FakeUpstream,
 )
-from tests.support import OTHER_CLIENT_ID, UPSTREAM_SECRET, make_app, make_services
-from tests.test_revocation_redis import PrivateRedis
+from tests.redis_support import PrivateRedis
+from tests.support import OTHER_CLIENT_ID, UPSTREAM_SECRET, make_app
 from tokensvc import RateLimiter, Services
 from tokensvc.config import ChatkitConfig
 
@@ -63,32 +62,15 @@ def fake() -> FakeUpstream:
 
 @pytest.fixture
 def fake_url(io_loop: Any, fake: FakeUpstream) -> Iterator[str]:
-    server, url = start_fake_upstream(fake)
-    yield url
-    server.stop()
-    io_loop.run_sync(server.close_all_connections, timeout=WAIT)
+    with running_fake_upstream(io_loop, fake) as url:
+        yield url
 
 
 @pytest.fixture
 def services(io_loop: Any, fake_url: str) -> Iterator[Services]:
-    built = make_services(config=chatkit_config(fake_url, workflow_id=WORKFLOW_ID))
-    io_loop.run_sync(built.revocations.start)
-    yield built
-    io_loop.run_sync(built.revocations.close)
-
-
-@pytest.fixture
-def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
-    """A redis-server of this test's own, to freeze (SIGSTOP) and thaw."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        pytest.skip("needs the redis-server binary")
-    server = PrivateRedis(binary, tmp_path)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
+    config = chatkit_config(fake_url, workflow_id=WORKFLOW_ID)
+    with running_services(io_loop, config) as built:
+        yield built
 
 
 @pytest.fixture
@@ -108,9 +90,8 @@ def threads(request: pytest.FixtureRequest, threads_kind: str) -> ThreadStore | 
 def extension(
     io_loop: Any, services: Services, threads: ThreadStore | None
 ) -> Iterator[ChatkitExtension]:
-    started = io_loop.run_sync(lambda: start_extension(services, threads=threads))
-    yield started
-    io_loop.run_sync(started.close, timeout=WAIT)
+    with running_extension(io_loop, services, threads=threads) as started:
+        yield started
 
 
 @pytest.fixture
@@ -424,8 +405,7 @@ async def test_upstream_failure_during_reply_is_an_error_event_without_the_body(
 ) -> None:
     caplog.set_level(logging.DEBUG)
     fake.mode = "fail"
-    thread_id = await new_thread(http_client, base_url, token)
-    stream = await open_events(http_port, f"/chatkit/threads/{thread_id}/events", bearer(token))
+    thread_id, stream = await new_thread_stream(http_client, base_url, http_port, token)
     try:
         await fetch(http_client, f"{base_url}/chatkit/threads/{thread_id}/messages",
                     method="POST", headers=bearer(token), body={"text": "hello"})

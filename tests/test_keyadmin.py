@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import argparse
 import base64
-import os
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
+from tests.support import clear_tokensvc_env
 from tokensvc import keyadmin
 from tokensvc.keystore import KeyRecord, load_ring, read_manifest
 
@@ -20,9 +20,7 @@ GRACE = MAX_TTL + LEEWAY + JWKS_MAX_AGE
 @pytest.fixture(autouse=True)
 def _clean_env(monkeypatch):
     # The commands read TOKENSVC_* like the server does; tests must not see the caller's.
-    for name in list(os.environ):
-        if name.startswith("TOKENSVC_"):
-            monkeypatch.delenv(name)
+    clear_tokensvc_env(monkeypatch)
 
 
 @pytest.fixture

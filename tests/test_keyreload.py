@@ -5,11 +5,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 from pathlib import Path
 
 import pytest
 
+from tests.support import clear_tokensvc_env
 from tokensvc import keyadmin
 from tokensvc.errors import KeyRingError
 from tokensvc.keyreload import KeyRingReloader
@@ -24,9 +24,7 @@ from tokensvc.keystore import (
 
 @pytest.fixture(autouse=True)
 def _clean_env(monkeypatch):
-    for name in list(os.environ):
-        if name.startswith("TOKENSVC_"):
-            monkeypatch.delenv(name)
+    clear_tokensvc_env(monkeypatch)
 
 
 @pytest.fixture

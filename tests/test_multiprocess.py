@@ -18,15 +18,16 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.redis_support import PrivateRedis
 from tests.server_process import (
     EventStream,
     HttpClient,
@@ -81,6 +82,24 @@ def _assert_unavailable(answer: Response) -> None:
     assert answer.status == 503, answer.describe()
     assert answer.json()["error"] == "temporarily_unavailable"
     assert int(answer.headers["Retry-After"]) >= 1
+
+
+@contextmanager
+def _one_server(tmp_path: Path, redis_url: str) -> Iterator[tuple[str, HttpClient]]:
+    """One server on ``redis_url`` and a client of it; the server must then stop cleanly."""
+    config = _config(tmp_path, redis_url)
+    with ServerProcess(tmp_path, "--config", str(config)) as server:
+        url = server.serve()
+        with HttpClient(url) as client:
+            yield url, client
+        assert server.stop() == 0, server.stderr()[-2000:]
+
+
+def _await_recovery(client: HttpClient, token: str) -> None:
+    """Wait until Redis is back for the server: ``token`` works and /readyz is 200."""
+    _poll(lambda: _ticket(client, token).status, 200, RECOVER_WITHIN,
+          "protected requests to recover")
+    _poll(lambda: client.readyz().status, 200, RECOVER_WITHIN, "/readyz to recover")
 
 
 # -- two servers, one Redis -----------------------------------------------------------------
@@ -193,213 +212,118 @@ def test_two_servers_share_tokens_revocations_tickets_and_threads(
 # -- Redis stopped and restarted under a running server -------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-class PrivateRedis:
-    """A ``redis-server`` without persistence that the test may stop and start again."""
-
-    def __init__(self, binary: str, workdir: Path) -> None:
-        self.binary = binary
-        self.workdir = workdir
-        self.port = _free_port()
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        assert self.proc is None
-        self.proc = subprocess.Popen(
-            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(self.workdir)],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
-                    return
-            except OSError:
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    self.stop()
-                    pytest.fail(f"redis-server did not start on port {self.port}")
-                time.sleep(0.02)
-
-    def pause(self) -> None:
-        """SIGSTOP: the sockets stay open but nothing answers (a hung Redis)."""
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGSTOP)
-
-    def resume(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGCONT)
-
-    def stop(self) -> None:
-        proc, self.proc = self.proc, None
-        if proc is not None and proc.poll() is None:
-            proc.send_signal(signal.SIGCONT)  # a paused server would not act on SIGTERM
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=10)
-
-    def revocation_keys(self) -> list[bytes]:
-        import redis
-
-        with redis.Redis.from_url(self.url) as client:
-            return list(client.scan_iter(match="tokensvc:rev:*"))
-
-
-@pytest.fixture
-def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
-    binary = shutil.which("redis-server")
-    if binary is None:
-        if os.environ.get("TOKENSVC_TEST_REQUIRE_REDIS"):
-            pytest.fail("redis-server is required (TOKENSVC_TEST_REQUIRE_REDIS is set)")
-        pytest.skip("needs the redis-server binary to stop and restart Redis")
-    workdir = tmp_path / "redis"
-    workdir.mkdir()
-    server = PrivateRedis(binary, workdir)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
 def test_redis_outage_fails_closed_and_recovers(
     tmp_path: Path, private_redis: PrivateRedis
 ) -> None:
-    config = _config(tmp_path, private_redis.url)
-    with ServerProcess(tmp_path, "--config", str(config)) as server:
-        url = server.serve()
-        with HttpClient(url) as client:
-            # Up: everything answers.
-            alice = client.new_session("alice")
-            bob = client.new_session("bob")
-            assert _ticket(client, alice).status == 200
-            assert client.readyz().status == 200
-            thread = client.new_thread(alice)
-            spare_ticket = _ticket(client, alice).json()["ticket"]
-            # Revoked while Redis is up; remembered across the restart below.
-            assert client.request("DELETE", "/sessions/current", token=bob).status == 204
-            assert _ticket(client, bob).status == 401
+    with _one_server(tmp_path, private_redis.url) as (url, client):
+        # Up: everything answers.
+        alice = client.new_session("alice")
+        bob = client.new_session("bob")
+        assert _ticket(client, alice).status == 200
+        assert client.readyz().status == 200
+        thread = client.new_thread(alice)
+        spare_ticket = _ticket(client, alice).json()["ticket"]
+        # Revoked while Redis is up; remembered across the restart below.
+        assert client.request("DELETE", "/sessions/current", token=bob).status == 204
+        assert _ticket(client, bob).status == 401
 
-            with EventStream(url, f"/chatkit/threads/{thread}/events", token=alice) as stream:
-                assert stream.status == 200
-                private_redis.stop()
-                stopped = time.monotonic()
+        with EventStream(url, f"/chatkit/threads/{thread}/events", token=alice) as stream:
+            assert stream.status == 200
+            private_redis.stop()
+            stopped = time.monotonic()
 
-                # Down: fail closed within max_staleness (plus a margin).
-                _poll(lambda: _ticket(client, alice).status, 503, FAIL_CLOSED_WITHIN,
-                      "protected requests to fail closed")
-                closed_after = time.monotonic() - stopped
-                _assert_unavailable(_ticket(client, alice))
-                _assert_unavailable(
-                    client.request("GET", f"/chatkit/threads/{thread}", token=alice)
-                )
-                _assert_unavailable(
-                    client.request("GET", f"/chatkit/threads/{thread}/events"
-                                   f"?access_token={spare_ticket}")
-                )
-                _assert_unavailable(client.readyz())
-                answer = client.request("GET", "/healthz")
-                assert (answer.status, answer.json()) == (200, {"status": "ok"})
-                # Revoking while Redis is down is a 503, never a false 200.
-                _assert_unavailable(
-                    client.request("POST", "/sessions/revoke", {"user": "alice"},
-                                   auth=basic_auth())
-                )
-                _assert_unavailable(
-                    client.request("DELETE", "/sessions/current", token=alice)
-                )
+            # Down: fail closed within max_staleness (plus a margin).
+            _poll(lambda: _ticket(client, alice).status, 503, FAIL_CLOSED_WITHIN,
+                  "protected requests to fail closed")
+            closed_after = time.monotonic() - stopped
+            _assert_unavailable(_ticket(client, alice))
+            _assert_unavailable(
+                client.request("GET", f"/chatkit/threads/{thread}", token=alice)
+            )
+            _assert_unavailable(
+                client.request("GET", f"/chatkit/threads/{thread}/events"
+                               f"?access_token={spare_ticket}")
+            )
+            _assert_unavailable(client.readyz())
+            answer = client.request("GET", "/healthz")
+            assert (answer.status, answer.json()) == (200, {"status": "ok"})
+            # Revoking while Redis is down is a 503, never a false 200.
+            _assert_unavailable(
+                client.request("POST", "/sessions/revoke", {"user": "alice"},
+                               auth=basic_auth())
+            )
+            _assert_unavailable(
+                client.request("DELETE", "/sessions/current", token=alice)
+            )
 
-                # The open stream ends with an error event at its next heartbeat (here even
-                # sooner: its thread store, Redis too, fails as soon as the connection drops).
-                remaining = FAIL_CLOSED_WITHIN + HEARTBEAT - (time.monotonic() - stopped)
-                seen = stream.events_until(["error"], timeout=max(0.1, remaining))
-                assert [event.event for event in seen] == ["error"]
-                assert _data(seen[-1]) == {"code": "temporarily_unavailable"}
-                stream.expect_end(timeout=2)
-            print(f"failed closed {closed_after * 1000:.0f} ms after Redis stopped")
+            # The open stream ends with an error event at its next heartbeat (here even
+            # sooner: its thread store, Redis too, fails as soon as the connection drops).
+            remaining = FAIL_CLOSED_WITHIN + HEARTBEAT - (time.monotonic() - stopped)
+            seen = stream.events_until(["error"], timeout=max(0.1, remaining))
+            assert [event.event for event in seen] == ["error"]
+            assert _data(seen[-1]) == {"code": "temporarily_unavailable"}
+            stream.expect_end(timeout=2)
+        print(f"failed closed {closed_after * 1000:.0f} ms after Redis stopped")
 
-            # Back: the server reconnects, resyncs and serves again.
-            private_redis.start()
-            restarted = time.monotonic()
-            _poll(lambda: _ticket(client, alice).status, 200, RECOVER_WITHIN,
-                  "protected requests to recover")
-            _poll(lambda: client.readyz().status, 200, RECOVER_WITHIN, "/readyz to recover")
-            print(f"recovered {(time.monotonic() - restarted) * 1000:.0f} ms after restart")
-            assert client.new_thread(alice)
+        # Back: the server reconnects, resyncs and serves again.
+        private_redis.start()
+        restarted = time.monotonic()
+        _await_recovery(client, alice)
+        print(f"recovered {(time.monotonic() - restarted) * 1000:.0f} ms after restart")
+        assert client.new_thread(alice)
 
-            # "Redis lost its data": a Redis restarted without persistence is empty, so
-            # the revocations it held are gone from Redis (a server started now would not
-            # know them) and so are the ChatKit threads. A running server's replica merges
-            # what it resyncs instead of replacing itself with it (entries leave only by
-            # expiring), so this server still rejects the token revoked before the restart.
-            assert private_redis.revocation_keys() == []
-            assert _ticket(client, bob).status == 401
-            assert client.request("GET", f"/chatkit/threads/{thread}", token=alice).status == 404
-            # Nothing was revoked by the refused revocations above.
-            assert _ticket(client, alice).status == 200
-        assert server.stop() == 0, server.stderr()[-2000:]
+        # "Redis lost its data": a Redis restarted without persistence is empty, so
+        # the revocations it held are gone from Redis (a server started now would not
+        # know them) and so are the ChatKit threads. A running server's replica merges
+        # what it resyncs instead of replacing itself with it (entries leave only by
+        # expiring), so this server still rejects the token revoked before the restart.
+        assert private_redis.revocation_keys() == []
+        assert _ticket(client, bob).status == 401
+        assert client.request("GET", f"/chatkit/threads/{thread}", token=alice).status == 404
+        # Nothing was revoked by the refused revocations above.
+        assert _ticket(client, alice).status == 200
 
 
 def test_hung_redis_fails_closed_within_bounds(
     tmp_path: Path, private_redis: PrivateRedis
 ) -> None:
     """Redis that keeps its connections open but stops answering (SIGSTOP)."""
-    config = _config(tmp_path, private_redis.url)
-    with ServerProcess(tmp_path, "--config", str(config)) as server:
-        url = server.serve()
-        with HttpClient(url) as client:
-            alice = client.new_session("alice")
-            thread = client.new_thread(alice)
-            with EventStream(url, f"/chatkit/threads/{thread}/events", token=alice) as stream:
-                assert stream.status == 200
-                private_redis.pause()
-                try:
-                    paused = time.monotonic()
-                    # The stream's thread read just waits, so it is the heartbeat's re-check
-                    # of the (now stale) revocation replica that ends the stream.
-                    seen = stream.events_until(
-                        ["error"], timeout=MAX_STALENESS + HEARTBEAT + 1.5
-                    )
-                    ended_after = time.monotonic() - paused
-                    assert [event.event for event in seen] == ["error"]
-                    assert _data(seen[-1]) == {"code": "temporarily_unavailable"}
-                    stream.expect_end(timeout=2)
-                    _poll(lambda: _ticket(client, alice).status, 503, FAIL_CLOSED_WITHIN,
-                          "protected requests to fail closed")
-                    _assert_unavailable(_ticket(client, alice))
-                    _assert_unavailable(client.readyz())
-                    assert client.request("GET", "/healthz").status == 200
-                    # A revocation waits for Redis at most about twice the command timeout
-                    # (2 s each), then answers 503, never a false 200.
-                    started = time.monotonic()
-                    answer = client.request(
-                        "POST", "/sessions/revoke", {"user": "alice"}, auth=basic_auth()
-                    )
-                    revoke_took = time.monotonic() - started
-                    _assert_unavailable(answer)
-                    assert revoke_took < 5.0, f"revoke answered after {revoke_took:.1f} s"
-                finally:
-                    private_redis.resume()
-            print(f"hung Redis: stream ended after {ended_after * 1000:.0f} ms, "
-                  f"revoke refused after {revoke_took * 1000:.0f} ms")
-            _poll(lambda: _ticket(client, alice).status, 200, RECOVER_WITHIN,
-                  "protected requests to recover")
-            _poll(lambda: client.readyz().status, 200, RECOVER_WITHIN, "/readyz to recover")
-        assert server.stop() == 0, server.stderr()[-2000:]
+    with _one_server(tmp_path, private_redis.url) as (url, client):
+        alice = client.new_session("alice")
+        thread = client.new_thread(alice)
+        with EventStream(url, f"/chatkit/threads/{thread}/events", token=alice) as stream:
+            assert stream.status == 200
+            private_redis.freeze()
+            try:
+                paused = time.monotonic()
+                # The stream's thread read just waits, so it is the heartbeat's re-check
+                # of the (now stale) revocation replica that ends the stream.
+                seen = stream.events_until(
+                    ["error"], timeout=MAX_STALENESS + HEARTBEAT + 1.5
+                )
+                ended_after = time.monotonic() - paused
+                assert [event.event for event in seen] == ["error"]
+                assert _data(seen[-1]) == {"code": "temporarily_unavailable"}
+                stream.expect_end(timeout=2)
+                _poll(lambda: _ticket(client, alice).status, 503, FAIL_CLOSED_WITHIN,
+                      "protected requests to fail closed")
+                _assert_unavailable(_ticket(client, alice))
+                _assert_unavailable(client.readyz())
+                assert client.request("GET", "/healthz").status == 200
+                # A revocation waits for Redis at most about twice the command timeout
+                # (2 s each), then answers 503, never a false 200.
+                started = time.monotonic()
+                answer = client.request(
+                    "POST", "/sessions/revoke", {"user": "alice"}, auth=basic_auth()
+                )
+                revoke_took = time.monotonic() - started
+                _assert_unavailable(answer)
+                assert revoke_took < 5.0, f"revoke answered after {revoke_took:.1f} s"
+            finally:
+                private_redis.thaw()
+        print(f"hung Redis: stream ended after {ended_after * 1000:.0f} ms, "
+              f"revoke refused after {revoke_took * 1000:.0f} ms")
+        _await_recovery(client, alice)
 
 
 # -- --workers 2 ------------------------------------------------------------------------------

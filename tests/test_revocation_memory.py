@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import stat
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -15,16 +13,7 @@ from tokensvc.errors import StoreUnavailable
 from tokensvc.revocation import RevocationEntry, RevocationKind
 from tokensvc.revocation.memory import MemoryRevocationStore
 
-from .test_revocation_store import ISS, make_claims, make_entry
-
-
-@asynccontextmanager
-async def running(store: MemoryRevocationStore) -> AsyncIterator[MemoryRevocationStore]:
-    await store.start()
-    try:
-        yield store
-    finally:
-        await store.close()
+from .test_revocation_store import ISS, make_claims, make_entry, running
 
 
 @pytest.fixture

@@ -4,14 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
 import signal
-import socket
-import subprocess
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import asynccontextmanager
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -21,18 +16,10 @@ from tokensvc.errors import StoreUnavailable
 from tokensvc.revocation import RevocationEntry
 from tokensvc.revocation.redis import RedisRevocationStore
 
-from .test_revocation_store import ISS, make_claims, make_entry
+from .redis_support import PrivateRedis, free_port
+from .test_revocation_store import ISS, make_claims, make_entry, running
 
 STALENESS = 0.5
-
-
-@asynccontextmanager
-async def running(store: RedisRevocationStore) -> AsyncIterator[RedisRevocationStore]:
-    await store.start()
-    try:
-        yield store
-    finally:
-        await store.close()
 
 
 async def eventually(predicate: Callable[[], bool], within: float = 2.0) -> bool:
@@ -67,70 +54,6 @@ def write_behind_the_channel(url: str, entry: RevocationEntry) -> None:
 def wall_clock(clock: Any) -> Any:
     clock.now = time.time()
     return clock
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-class PrivateRedis:
-    """A redis-server this test owns, to stop, freeze and bring back."""
-
-    def __init__(self, binary: str, workdir: Path) -> None:
-        self.binary = binary
-        self.workdir = workdir
-        self.port = _free_port()
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(self.workdir)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
-                    return
-            except OSError:
-                time.sleep(0.02)
-        raise RuntimeError("private redis-server did not start within 5 s")
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.send_signal(signal.SIGCONT)  # a frozen server cannot act on SIGTERM
-            self.proc.terminate()
-            self.proc.wait(timeout=5)
-            self.proc = None
-
-    def freeze(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGSTOP)
-
-    def thaw(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGCONT)
-
-
-@pytest.fixture
-def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
-    binary = shutil.which("redis-server")
-    if binary is None:
-        pytest.skip("needs the redis-server binary to stop and restart a server")
-    server = PrivateRedis(binary, tmp_path)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 @pytest.mark.gen_test
@@ -239,7 +162,7 @@ async def test_idle_healthy_replica_never_goes_stale(redis_url: str, wall_clock:
 
 @pytest.mark.gen_test(timeout=10)
 async def test_start_without_redis_fails_closed(wall_clock: Any) -> None:
-    url = f"redis://127.0.0.1:{_free_port()}/0"  # nothing listens there
+    url = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
     store = RedisRevocationStore(
         url, max_staleness=STALENESS, clock=wall_clock, start_timeout=0.3
     )

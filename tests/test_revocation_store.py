@@ -7,7 +7,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 
@@ -65,8 +65,12 @@ def make_entry(
     )
 
 
+StoreT = TypeVar("StoreT", bound=RevocationStore)
+
+
 @asynccontextmanager
-async def running(store: RevocationStore) -> AsyncIterator[RevocationStore]:
+async def running(store: StoreT) -> AsyncIterator[StoreT]:
+    """``store``, started for the ``async with`` block and closed after it."""
     await store.start()
     try:
         yield store
