@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.redis_support import PrivateRedis, private_redis_server
+from tests.redis_support import PrivateRedis, private_redis_server, redis_server_binary
 
 
 class FakeClock:
@@ -50,15 +49,15 @@ def clock() -> FakeClock:
 
 @pytest.fixture(scope="session")
 def redis_server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A Redis base URL: TOKENSVC_TEST_REDIS_URL, else a private redis-server, else skip."""
+    """A Redis base URL: TOKENSVC_TEST_REDIS_URL, else a private redis-server, else skip.
+
+    With TOKENSVC_TEST_REQUIRE_REDIS set (CI sets it) a missing Redis fails instead.
+    """
     configured = os.environ.get("TOKENSVC_TEST_REDIS_URL")
     if configured:
         yield configured
         return
-    binary = shutil.which("redis-server")
-    if binary is None:
-        pytest.skip("needs Redis: set TOKENSVC_TEST_REDIS_URL or install redis-server")
-    server = PrivateRedis(binary, tmp_path_factory.mktemp("redis"))
+    server = PrivateRedis(redis_server_binary(), tmp_path_factory.mktemp("redis"))
     server.start()
     try:
         yield server.url
