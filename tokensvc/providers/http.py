@@ -23,6 +23,7 @@ import json
 import logging
 import math
 import urllib.parse
+from typing import Any
 
 from tornado.httpclient import HTTPRequest, HTTPResponse
 from tornado.ioloop import IOLoop
@@ -93,6 +94,9 @@ class HttpSecretProvider:
             user_agent="tokensvc",
         )
         fetch = self._http_client().fetch(request, raise_error=False)
+        # Once nobody waits for the request any more (a caller's deadline passed, or close()
+        # ended it), its outcome must still count as seen, or asyncio logs it as an error.
+        fetch.add_done_callback(_mark_retrieved)
         try:
             # shield: when a caller stops waiting (SingleFlightProvider's deadline), tornado's
             # own future must not be cancelled under it (tornado would log the request's later
@@ -152,3 +156,8 @@ class HttpSecretProvider:
 def _is_header_safe(value: str) -> bool:
     """Whether ``value`` can go into a header as is: no CR/LF injection, no stray spaces."""
     return bool(value) and value == value.strip() and all(" " <= c <= "~" for c in value)
+
+
+def _mark_retrieved(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
