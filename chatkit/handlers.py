@@ -50,7 +50,7 @@ log = logging.getLogger("chatkit")
 
 MAX_MESSAGE_CHARS = 32768
 # The largest body a valid message can take: JSON may escape every character, and one
-# outside the BMP as two six-byte "\\u" escapes (12 bytes), plus room for the object around it.
+# outside the BMP as two six-byte "\u" escapes (12 bytes), plus room for the object around it.
 MAX_MESSAGE_BODY_BYTES = 12 * MAX_MESSAGE_CHARS + 1024
 # Sent once, this long before the stream's token expires, so the page can refresh ahead.
 TOKEN_EXPIRING_LEAD = 30.0
