@@ -15,7 +15,6 @@ transport, shape, header, signature and claims, revocation, scope.
 
 from __future__ import annotations
 
-import logging
 from typing import Any, ClassVar
 
 from tokensvc.claims import SESSION, TICKET, Claims, TokenType
@@ -32,7 +31,6 @@ from tokensvc.services import Services
 
 __all__ = ["TokenAuthMixin"]
 
-log = logging.getLogger("tokensvc.auth")
 
 QUERY_TOKEN_PARAM = "access_token"  # noqa: S105 - a parameter name
 

@@ -9,6 +9,7 @@ exit status 2. With ``--workers N`` the parent binds the port once and hands ove
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import logging
 import os
 import signal
@@ -51,6 +52,11 @@ class Prepared:
 def prepare(config: Config) -> Prepared:
     """Check keys and clients, creating first-run defaults; ConfigError on any problem."""
     notices: list[str] = []
+    if config.revocation.backend == "redis" and importlib.util.find_spec("redis") is None:
+        raise ConfigError(
+            "[revocation] backend = \"redis\" needs the redis package: "
+            "pip install 'tokensvc[redis]'"
+        )
     passphrase = os.environ.get(PASSPHRASE_ENV) or None
     keys_dir = config.keys.dir
     try:
