@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from importlib.metadata import entry_points
 from typing import Any, Protocol
 
+import tornado.httputil
 import tornado.web
 
 from tokensvc.clients import ClientRegistry, RateLimiter
@@ -25,7 +26,7 @@ from tokensvc.revocation.base import RevocationStore
 from tokensvc.sealing import Sealer
 from tokensvc.services import Services
 from tokensvc.tokens import TokenIssuer, TokenVerifier
-from tokensvc.web import NotFoundHandler
+from tokensvc.web import NotFoundHandler, OversizedBodyHandler, declares_oversized_body
 
 __all__ = ["Extension", "build_services", "load_extensions", "make_app"]
 
@@ -71,6 +72,17 @@ def build_services(
     )
 
 
+class TokensvcApplication(tornado.web.Application):
+    """A Tornado Application that answers an oversized body with a JSON 413 itself."""
+
+    def find_handler(
+        self, request: tornado.httputil.HTTPServerRequest, **kwargs: Any
+    ) -> tornado.web._HandlerDelegate:
+        if declares_oversized_body(request.headers):
+            return self.get_handler_delegate(request, OversizedBodyHandler)
+        return super().find_handler(request, **kwargs)
+
+
 def make_app(
     services: Services,
     extensions: Sequence[Extension] = (),
@@ -80,7 +92,7 @@ def make_app(
     rules: list[Rule] = list(core_routes())
     for extension in extensions:
         rules.extend(extension.routes(services))
-    return tornado.web.Application(
+    return TokensvcApplication(
         rules,
         tokensvc=services,
         default_handler_class=NotFoundHandler,

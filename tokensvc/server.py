@@ -28,15 +28,13 @@ from tokensvc.keyreload import KeyRingReloader
 from tokensvc.keystore import PASSPHRASE_ENV, ensure_ring
 from tokensvc.providers import make_provider
 from tokensvc.revocation.factory import make_store
+from tokensvc.web import MAX_BODY_BYTES
 from tokensvc.workers import Supervisor
 
-__all__ = ["MAX_BODY_BYTES", "prepare", "run"]
+__all__ = ["prepare", "run"]
 
 log = logging.getLogger("tokensvc.server")
 
-# Above every endpoint's own limit (64 KiB for /sessions, a chat message for ChatKit),
-# so those answer 413 themselves; a body past this is refused by the HTTP layer.
-MAX_BODY_BYTES = 1024 * 1024
 _SHUTDOWN_GRACE = 5.0
 
 

@@ -13,6 +13,8 @@ import logging
 from typing import Any
 
 import tornado.web
+from tornado.http1connection import HTTP1Connection
+from tornado.httputil import HTTPHeaders
 
 from tokensvc.errors import (
     ApiError,
@@ -25,10 +27,21 @@ from tokensvc.errors import (
 from tokensvc.logs import mask_uri
 from tokensvc.services import Services
 
-__all__ = ["BaseHandler", "NotFoundHandler", "origin_allowed"]
+__all__ = [
+    "MAX_BODY_BYTES",
+    "BaseHandler",
+    "NotFoundHandler",
+    "OversizedBodyHandler",
+    "declares_oversized_body",
+    "origin_allowed",
+]
 
 log = logging.getLogger("tokensvc.web")
 
+# The largest body any route reads. It is above every endpoint's own limit (64 KiB for
+# /sessions, a chat message's size for ChatKit), so those answer 413 themselves; a body
+# declared larger is answered 413 by OversizedBodyHandler before a byte of it is read.
+MAX_BODY_BYTES = 1024 * 1024
 CORS_METHODS = "GET, POST, DELETE, OPTIONS"
 CORS_HEADERS = "Authorization, Content-Type, Last-Event-ID"
 CORS_EXPOSE = "WWW-Authenticate, Retry-After"
@@ -216,3 +229,30 @@ class NotFoundHandler(BaseHandler):
         if self.request.method == "OPTIONS":
             return
         raise NotFound("no route")
+
+
+@tornado.web.stream_request_body
+class OversizedBodyHandler(BaseHandler):
+    """Answers a request whose declared body is over MAX_BODY_BYTES, whatever the route.
+
+    It streams (so it runs as soon as the headers are in, without buffering anything) and
+    lets the connection accept the declared size, so that what the client gets is this JSON
+    413 rather than Tornado's bare 400; the connection closes after the answer, since the
+    body was never read.
+    """
+
+    def prepare(self) -> None:
+        declared = int(self.request.headers.get("Content-Length", "0"))
+        connection = self.request.connection
+        if isinstance(connection, HTTP1Connection):
+            connection.set_max_body_size(declared)
+        raise PayloadTooLarge(f"declared body of {declared} bytes")
+
+    def data_received(self, chunk: bytes) -> None:
+        return None  # never kept: the answer is already decided
+
+
+def declares_oversized_body(headers: HTTPHeaders) -> bool:
+    """Whether the request announces a body over MAX_BODY_BYTES."""
+    declared = headers.get("Content-Length", "").strip()
+    return declared.isdigit() and int(declared) > MAX_BODY_BYTES
