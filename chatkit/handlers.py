@@ -219,7 +219,6 @@ class EventsHandler(ChatkitHandler):
             if not await self._send(f"retry: {RECONNECT_MS}\n\n".encode()):
                 return
             next_check = services.clock() + heartbeat
-            quiet = True  # no thread event sent since the last check
             while self._closing_event is None:
                 now = services.clock()
                 if now >= stream_end:
@@ -231,14 +230,13 @@ class EventsHandler(ChatkitHandler):
                         return
                 if now >= next_check:
                     # Every heartbeat, busy or quiet: re-check the revocation list (in case a
-                    # notification was missed), the signing key and the store's freshness; a
-                    # stream that never goes quiet must not escape them. After a quiet
-                    # period, also keep proxies from timing the stream out.
+                    # notification was missed), the signing key and the store's freshness, so
+                    # a stream that never goes quiet cannot escape them; and ping, which also
+                    # keeps proxies from timing a quiet stream out.
                     if not self._still_valid():
                         break
-                    if quiet and not await self._send(encode_comment("ping")):
+                    if not await self._send(encode_comment("ping")):
                         break
-                    quiet = True
                     next_check = now + heartbeat
                 wait = min(next_check, stream_end) - now
                 if not warned:
@@ -265,7 +263,6 @@ class EventsHandler(ChatkitHandler):
                 if not await self._send(frame):
                     return
                 self._last_sent_id = event.id
-                quiet = False
             if self._closing_event in ("revoked", "session_expired"):
                 await self._control(self._closing_event, {})
             elif self._closing_event == "unavailable":
