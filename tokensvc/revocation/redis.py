@@ -164,7 +164,9 @@ class RedisRevocationStore:
             async with asyncio.timeout(2 * self._socket_timeout):
                 stored = await self._store(client, entry)
         except (RedisError, OSError, TimeoutError) as err:
-            raise StoreUnavailable(f"cannot record revocation in Redis: {err}") from err
+            raise StoreUnavailable(
+                f"cannot record revocation in Redis: {type(err).__name__}"
+            ) from err
         self._apply(stored)
 
     async def consume_ticket(self, iss: str, jti: str, expires_at: float) -> bool:
@@ -180,7 +182,9 @@ class RedisRevocationStore:
             async with asyncio.timeout(2 * self._socket_timeout):
                 created = await client.set(key, b"1", nx=True, exat=keep_until)
         except (RedisError, OSError, TimeoutError) as err:
-            raise StoreUnavailable(f"cannot record ticket use in Redis: {err}") from err
+            raise StoreUnavailable(
+                f"cannot record ticket use in Redis: {type(err).__name__}"
+            ) from err
         return bool(created)
 
     def subscribe(self, listener: Listener) -> Callable[[], None]:
