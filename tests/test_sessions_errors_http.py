@@ -547,6 +547,24 @@ async def test_token_issued_after_a_user_revocation_still_works(
 
 
 @pytest.mark.gen_test
+@pytest.mark.parametrize("kind", ["user", "secret_key_id"])
+async def test_revocation_spares_a_session_issued_later_in_the_same_second(
+    http_client: Any, base_url: str, clock: FakeClock, kind: str
+) -> None:
+    # All three moments share one whole second, so iat alone cannot order them.
+    clock.now = 1_800_000_000.250
+    before = await issue(http_client, base_url, user="alice")
+    clock.now = 1_800_000_000.500
+    value = "alice" if kind == "user" else "demo"
+    assert (await revoke(http_client, base_url, {kind: value})).code == 200
+    clock.now = 1_800_000_000.750
+    after = await issue(http_client, base_url, user="alice")
+    assert after["expires_at"] == before["expires_at"]  # whole seconds: the same exp
+    assert await whoami(http_client, base_url, before["access_token"]) == 401
+    assert await whoami(http_client, base_url, after["access_token"]) == 200
+
+
+@pytest.mark.gen_test
 @pytest.mark.parametrize(
     "body",
     [

@@ -37,7 +37,7 @@ FORBIDDEN_HEADERS = ("jku", "x5u", "x5c", "jwk", "crit", "zip", "b64")
 REQUIRED_CLAIMS = ("iss", "aud", "sub", "iat", "nbf", "exp", "jti")
 SESSION_CLAIMS = {
     "iss", "aud", "sub", "client_id", "skid", "sid", "jti",
-    "iat", "nbf", "exp", "scope", "sexp", "sec",
+    "iat", "nbf", "exp", "scope", "sexp", "sec", "iat_us",
 }
 DROP = object()  # a claim or header value meaning "leave this one out"
 
@@ -242,6 +242,67 @@ def test_session_token_round_trip(
     assert claims.sealed == payload["sec"]
     secret = Sealer(lambda: ring).unseal(payload["sec"], jti=claims.jti, audience=claims.aud)
     assert secret.reveal() == UPSTREAM_SECRET
+
+
+def test_time_claims_are_whole_seconds_taken_from_a_fractional_clock(
+    issuer: TokenIssuer, issue: Callable[..., IssuedToken], clock: FakeClock
+) -> None:
+    clock.now = 1_800_000_000.731_9
+    session = issue()
+    ticket = issuer.issue_ticket(session.claims)
+    for token, names in (
+        (session.token, ("iat", "nbf", "exp", "sexp")),
+        (ticket.token, ("iat", "nbf", "exp", "sexp", "session_exp")),
+    ):
+        payload = payload_of(token)
+        for name in names:
+            assert type(payload[name]) is int, (name, payload[name])
+        assert payload["iat"] == payload["nbf"] == 1_800_000_000
+        # The private claim keeps the precise order, rounded down like iat.
+        assert payload["iat_us"] == 1_800_000_000_731_900
+    assert session.claims.issue_time == pytest.approx(1_800_000_000.7319)
+
+
+def test_refresh_of_a_token_with_fractional_times_gives_whole_seconds(
+    issuer: TokenIssuer, key: SigningKey, verifier: TokenVerifier, session: IssuedToken
+) -> None:
+    # Tokens of older releases carried millisecond times and no iat_us.
+    iat = session.claims.iat + 0.25
+    legacy = resign(session.token, key, claims={
+        "iat": iat, "nbf": iat, "exp": session.claims.exp + 0.5,
+        "sexp": session.claims.session_end + 0.75, "iat_us": DROP,
+    })
+    claims = verifier.verify(legacy, SESSION)
+    assert claims.issued_at is None
+    assert claims.issue_time == iat
+    refreshed = payload_of(issuer.refresh(claims, Secret(UPSTREAM_SECRET), 600).token)
+    ticket = payload_of(issuer.issue_ticket(claims).token)
+    assert type(refreshed["sexp"]) is int
+    assert refreshed["sexp"] == int(session.claims.session_end)
+    assert type(ticket["session_exp"]) is int
+    assert type(ticket["exp"]) is int
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["1800000000000000", 1.8e15, True, None, [1], 10**400],
+    ids=repr,
+)
+def test_rejects_a_precise_issue_time_that_is_not_an_integer(
+    session: IssuedToken, key: SigningKey, verifier: TokenVerifier, value: Any
+) -> None:
+    rejects_not_expired(verifier, resign(session.token, key, claims={"iat_us": value}))
+
+
+@pytest.mark.parametrize("offset_us", [-1, 1_000_000], ids=["second-before", "second-after"])
+def test_rejects_a_precise_issue_time_outside_the_iat_second(
+    session: IssuedToken, key: SigningKey, verifier: TokenVerifier, offset_us: int
+) -> None:
+    start = int(session.claims.iat) * 1_000_000
+    assert verifier.verify(resign(session.token, key, claims={"iat_us": start + 999_999}), SESSION)
+    rejects_not_expired(
+        verifier, resign(session.token, key, claims={"iat_us": start + offset_us})
+    )
 
 
 def test_session_token_never_carries_the_secret_in_clear(session: IssuedToken) -> None:
@@ -717,7 +778,11 @@ def test_rejects_iat_or_nbf_beyond_the_leeway_in_the_future(
     def shifted(start: int) -> str:
         # Only the claim under test is in the future: for iat, nbf stays as early as allowed
         # (iat - leeway), so the iat check alone decides.
-        claims = {"iat": start, "nbf": start - leeway} if claim == "iat" else {"nbf": start}
+        claims: dict[str, Any] = (
+            {"iat": start, "iat_us": start * 1_000_000, "nbf": start - leeway}
+            if claim == "iat"
+            else {"nbf": start}
+        )
         return resign(session.token, key, claims={**claims, "exp": start + 600})
 
     assert verifier.verify(shifted(now + leeway), SESSION).jti == session.claims.jti

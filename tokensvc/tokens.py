@@ -26,7 +26,14 @@ from typing import Any
 
 import jwt
 
-from tokensvc.claims import SESSION, TICKET, Claims, TokenType
+from tokensvc.claims import (
+    ISSUED_US_CLAIM,
+    SESSION,
+    TICKET,
+    Claims,
+    TokenType,
+    claims_from_payload,
+)
 from tokensvc.config import TokensConfig
 from tokensvc.errors import InvalidToken
 from tokensvc.keys import KeyRing, RingSource
@@ -98,9 +105,9 @@ class TokenIssuer:
         session_end: float | None = None,
     ) -> IssuedToken:
         """A session token; a new session unless ``sid``/``session_end`` continue one."""
-        now = _issue_time(self._clock())
+        now, now_us = _issue_time(self._clock())
         first = session_end is None
-        sexp = now + self._config.session_max_lifetime if first else float(session_end or 0)
+        sexp = now + self._config.session_max_lifetime if first else _whole(session_end or 0)
         exp = min(now + min(ttl, self._config.max_ttl), sexp)
         if exp <= now:
             raise InvalidToken("session has reached its maximum lifetime")
@@ -114,15 +121,16 @@ class TokenIssuer:
             "skid": skid,
             "sid": sid or self._new_id(),
             "jti": jti,
-            "iat": _json_time(now),
-            "nbf": _json_time(now),
-            "exp": _json_time(exp),
+            "iat": now,
+            "nbf": now,
+            "exp": exp,
             "scope": scope,
-            "sexp": _json_time(sexp),
+            "sexp": sexp,
             "sec": sealed,
+            ISSUED_US_CLAIM: now_us,
         }
         token, kid = self._sign(payload, SESSION)
-        return IssuedToken(token, _claims(payload, SESSION, kid))
+        return IssuedToken(token, claims_from_payload(payload, SESSION, kid))
 
     def refresh(self, session: Claims, secret: Secret, ttl: int) -> IssuedToken:
         """A new token for the same session: same sid/sub/skid, new jti, never past sexp."""
@@ -139,8 +147,9 @@ class TokenIssuer:
 
     def issue_ticket(self, session: Claims) -> IssuedToken:
         """A single-use stream ticket bound to the session, carrying its expiry."""
-        now = _issue_time(self._clock())
-        exp = min(now + self._config.ticket_ttl, session.exp)
+        now, now_us = _issue_time(self._clock())
+        session_exp = _whole(session.exp)
+        exp = min(now + self._config.ticket_ttl, session_exp)
         if exp <= now:
             raise InvalidToken("session token is about to expire")
         payload: dict[str, Any] = {
@@ -151,15 +160,16 @@ class TokenIssuer:
             "skid": session.skid,
             "sid": session.sid,
             "jti": self._new_id(),
-            "iat": _json_time(now),
-            "nbf": _json_time(now),
-            "exp": _json_time(exp),
+            "iat": now,
+            "nbf": now,
+            "exp": exp,
             "scope": " ".join(sorted(session.scope)),
-            "sexp": _json_time(session.session_end),
-            "session_exp": _json_time(session.exp),
+            "sexp": _whole(session.session_end),
+            "session_exp": session_exp,
+            ISSUED_US_CLAIM: now_us,
         }
         token, kid = self._sign(payload, TICKET)
-        return IssuedToken(token, _claims(payload, TICKET, kid))
+        return IssuedToken(token, claims_from_payload(payload, TICKET, kid))
 
     def _sign(self, payload: dict[str, Any], token_type: TokenType) -> tuple[str, str]:
         key = self._ring().signer
@@ -267,7 +277,7 @@ class TokenVerifier:
         except jwt.PyJWTError as err:
             # The class name says what failed; PyJWT's text never reaches a client.
             raise InvalidToken(f"jwt rejected the token: {type(err).__name__}") from err
-        return _claims(payload, expected, key.kid)
+        return claims_from_payload(payload, expected, key.kid)
 
     def _check_times(self, claims: Claims, expected: TokenType) -> None:
         now = self._clock()
@@ -287,20 +297,26 @@ class TokenVerifier:
             raise InvalidToken("token expired", expired=True)
 
 
-def _issue_time(now: float) -> float:
-    """``now`` to the millisecond, rounded down.
+def _issue_time(now: float) -> tuple[int, int]:
+    """One reading of the clock as ``(whole second, microseconds)``.
 
-    Whole seconds would be too coarse: "revoke every token issued up to now" compares
-    ``iat`` with the revocation time, and a token issued later in the same second would be
-    caught too. Rounding down keeps the error on the safe side (at most 1 ms).
+    The time claims are whole seconds (``iat == nbf == floor(now)``): verifiers such as jose
+    and joserfc compare ``nbf`` with the current whole second, so a fraction would make a
+    fresh token "not yet valid" for the rest of that second. A whole second is too coarse
+    for "revoke every token issued up to now", though: a token issued later in the same
+    second would be caught too. The private ``iat_us`` claim keeps the precise order. Both
+    are rounded down, from the same reading, so they always agree.
     """
-    return math.floor(now * 1000) / 1000
+    microseconds = math.floor(now * 1_000_000)
+    return microseconds // 1_000_000, microseconds
 
 
-def _json_time(value: float) -> float | int:
-    """A time claim as JSON: milliseconds at most, an integer when it is whole."""
-    value = round(value, 3)
-    return int(value) if value == int(value) else value
+def _whole(value: float) -> int:
+    """A time carried over from another token, as whole seconds (rounded down: never later).
+
+    Tokens of older releases carried fractions; their successors must not.
+    """
+    return math.floor(value)
 
 
 def _decode_header(segment: str) -> dict[str, Any]:
@@ -318,58 +334,3 @@ def _decode_header(segment: str) -> dict[str, Any]:
 def _normalise_typ(typ: str) -> str:
     lowered = typ.lower()
     return lowered.removeprefix("application/")
-
-
-def _number(payload: dict[str, Any], name: str) -> float:
-    value = payload.get(name)
-    # bool is an int subclass; "true" is not a time.
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise InvalidToken(f"claim {name} must be a JSON number")
-    try:
-        number = float(value)  # a huge JSON integer overflows here
-    except OverflowError:
-        number = math.inf
-    if not math.isfinite(number):
-        raise InvalidToken(f"claim {name} must be a JSON number")
-    return number
-
-
-def _text(payload: dict[str, Any], name: str) -> str:
-    value = payload.get(name)
-    if not isinstance(value, str) or not value:
-        raise InvalidToken(f"claim {name} must be a non-empty string")
-    return value
-
-
-def _claims(payload: dict[str, Any], token_type: TokenType, kid: str) -> Claims:
-    """Typed claims from a decoded payload; stricter than PyJWT about types."""
-    scope = payload.get("scope", "")
-    if not isinstance(scope, str):
-        raise InvalidToken("claim scope must be a string")
-    exp = _number(payload, "exp")
-    if token_type == SESSION:
-        sealed: str | None = _text(payload, "sec")
-        session_exp = exp
-    else:
-        if "sec" in payload:
-            raise InvalidToken("a stream ticket never carries a secret")
-        sealed = None
-        session_exp = _number(payload, "session_exp")
-    return Claims(
-        token_type=token_type,
-        iss=_text(payload, "iss"),
-        aud=_text(payload, "aud"),
-        sub=_text(payload, "sub"),
-        client_id=_text(payload, "client_id"),
-        skid=_text(payload, "skid"),
-        sid=_text(payload, "sid"),
-        jti=_text(payload, "jti"),
-        iat=_number(payload, "iat"),
-        nbf=_number(payload, "nbf"),
-        exp=exp,
-        scope=frozenset(scope.split()),
-        session_exp=session_exp,
-        session_end=_number(payload, "sexp"),
-        sealed=sealed,
-        kid=kid,
-    )

@@ -24,7 +24,8 @@ class RevocationEntry:
     - ``jti``: the single token ``(iss, value)``.
     - ``sid``: every token and ticket of session ``value`` of client ``client_id``.
     - ``sub`` / ``skid``: every token of ``client_id`` whose subject / secret_key_id is
-      ``value`` and that was issued at or before ``not_after``.
+      ``value`` and that was issued at or before ``not_after`` (by its precise issue time,
+      :attr:`Claims.issue_time`, so a token issued later in the same second is spared).
     - ``client``: every token of client ``value`` issued at or before ``not_after``.
 
     ``expires_at`` is when the last token the entry can match expires (plus leeway); after
@@ -52,7 +53,7 @@ class RevocationEntry:
             return False
         if self.kind == "sid":
             return claims.sid == self.value
-        issued_before = self.not_after is not None and claims.iat <= self.not_after
+        issued_before = self.not_after is not None and claims.issue_time <= self.not_after
         if self.kind == "sub":
             return issued_before and claims.sub == self.value
         if self.kind == "skid":
