@@ -20,6 +20,8 @@ import pytest
 
 #: Set (to anything) to make a missing ``redis-server`` binary a failure, not a skip.
 REQUIRE_REDIS_ENV = "TOKENSVC_TEST_REQUIRE_REDIS"
+#: How long a redis-server may take to start listening, or to be stopped by SIGSTOP.
+STATE_CHANGE_WITHIN = 30.0
 
 
 def free_port() -> int:
@@ -51,7 +53,7 @@ class PrivateRedis:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + STATE_CHANGE_WITHIN
         while True:
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
@@ -63,9 +65,22 @@ class PrivateRedis:
                 time.sleep(0.02)
 
     def freeze(self) -> None:
-        """SIGSTOP: the sockets stay open but nothing answers (a hung Redis)."""
+        """SIGSTOP: the sockets stay open but nothing answers (a hung Redis).
+
+        Returns once the process is stopped: the signal takes effect asynchronously, and a
+        busy machine could otherwise let Redis answer a command sent just after this call.
+        """
         assert self.proc is not None
         self.proc.send_signal(signal.SIGSTOP)
+        stat = Path(f"/proc/{self.proc.pid}/stat")
+        if not stat.exists():
+            return  # no procfs: nothing to watch
+        deadline = time.monotonic() + STATE_CHANGE_WITHIN
+        # The state is the field after the parenthesised command name: T once stopped.
+        while stat.read_text().rpartition(")")[2].split()[0] not in ("T", "t"):
+            if time.monotonic() > deadline:
+                pytest.fail(f"redis-server did not stop within {STATE_CHANGE_WITHIN:g} s")
+            time.sleep(0.005)
 
     def thaw(self) -> None:
         assert self.proc is not None
