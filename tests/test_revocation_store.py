@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 
 import pytest
 
+from tests.conftest import FakeClock
 from tokensvc.claims import Claims
 from tokensvc.errors import StoreUnavailable
 from tokensvc.revocation import RevocationEntry, RevocationKind, RevocationStore
@@ -95,8 +96,11 @@ def make_store(
             MemoryRevocationStore, tmp_path / "revocations.jsonl", clock=wall_clock
         )
     redis_url = request.getfixturevalue("redis_url")
+    # A monotonic clock that stands still: no test here is about staleness, and a busy
+    # machine must not make the replica stale under one (test_revocation_redis.py is).
     return functools.partial(
-        RedisRevocationStore, redis_url, max_staleness=5.0, clock=wall_clock
+        RedisRevocationStore, redis_url, max_staleness=5.0, clock=wall_clock,
+        monotonic=FakeClock(),
     )
 
 
