@@ -45,7 +45,7 @@ __all__ = [
 
 READY = re.compile(r"^tokensvc listening on (http://\S+)")
 START_TIMEOUT = 30.0  # importing the service takes a few seconds on a slow machine
-STOP_TIMEOUT = 10.0
+STOP_TIMEOUT = 30.0  # a graceful stop (closing streams, Redis) can be slow on a busy machine
 REQUEST_TIMEOUT = 10.0
 
 CLIENT_ID = "extension"
