@@ -11,6 +11,9 @@ what it received (Authorization, OpenAI-Beta, JSON bodies) and can be told to fa
 
 ``closed`` is set when a client drops its connection before the answer is complete; a
 parked handler waits for it (at most :data:`PARK_LIMIT` seconds), so none outlives a test.
+
+:func:`serve_in_thread` runs the fake on its own event loop in a thread, for tests whose
+tokensvc is another process.
 """
 
 from __future__ import annotations
@@ -18,9 +21,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import tornado.httpserver
+import tornado.netutil
 import tornado.web
 from tornado.iostream import StreamClosedError
 
@@ -29,6 +36,7 @@ DEFAULT_DELTAS = ("Hel", "lo, ", "wor", "ld!")
 SESSION_SECRET = "cs_fake_from_upstream"
 SESSION_EXPIRES_AT = 1_900_000_000
 PARK_LIMIT = 10.0
+THREAD_START_LIMIT = 10.0
 
 
 @dataclass
@@ -140,3 +148,39 @@ class SessionsHandler(_FakeHandler):
                 "expires_at": SESSION_EXPIRES_AT,
             }
         )
+
+
+@contextlib.contextmanager
+def serve_in_thread(fake: FakeUpstream) -> Iterator[str]:
+    """Serve ``fake`` on 127.0.0.1 from a thread with its own loop: its ``/v1`` URL.
+
+    Only the thread's loop touches the fake's handlers; the caller may flip ``fake.mode``
+    between requests.
+    """
+    started = threading.Event()
+    state: dict[str, Any] = {}
+
+    async def serve() -> None:
+        (sock,) = tornado.netutil.bind_sockets(0, "127.0.0.1")
+        server = tornado.httpserver.HTTPServer(fake.app())
+        server.add_sockets([sock])
+        state["port"] = sock.getsockname()[1]
+        state["loop"] = asyncio.get_running_loop()
+        state["stop"] = stop = asyncio.Event()
+        started.set()
+        try:
+            await stop.wait()
+        finally:
+            server.stop()
+            await asyncio.wait_for(server.close_all_connections(), PARK_LIMIT)
+
+    thread = threading.Thread(target=asyncio.run, args=(serve(),), daemon=True,
+                              name="fake-upstream")
+    thread.start()
+    if not started.wait(THREAD_START_LIMIT):
+        raise AssertionError("the fake upstream did not start")
+    try:
+        yield f"http://127.0.0.1:{state['port']}/v1"
+    finally:
+        state["loop"].call_soon_threadsafe(state["stop"].set)
+        thread.join(PARK_LIMIT + 5)

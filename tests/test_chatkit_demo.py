@@ -147,3 +147,14 @@ async def test_static_files_have_security_headers_and_json_errors(
     assert escape.code in (403, 404)
     assert json.loads(escape.body)["error"] in ("forbidden", "not_found")
     assert "hunter2-secret" not in caplog.text
+
+
+@pytest.mark.gen_test
+async def test_demo_page_names_an_icon_that_is_served(http_client: Any, base_url: str) -> None:
+    """Without a named icon the browser asks for /favicon.ico, a 404 in the page's console."""
+    page = await fetch(http_client, base_url + "/chatkit/demo")
+    assert b'<link rel="icon" href="/chatkit/static/favicon.svg"' in page.body
+    icon = await fetch(http_client, base_url + "/chatkit/static/favicon.svg")
+    assert icon.code == 200
+    assert icon.headers["Content-Type"] == "image/svg+xml"
+    assert icon.body.startswith(b"<svg ")
