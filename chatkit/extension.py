@@ -26,11 +26,13 @@ __all__ = ["STATIC_DIR", "ChatkitExtension", "ChatkitState"]
 STATIC_DIR = Path(__file__).parent / "static"
 
 
-class StaticHandler(tornado.web.StaticFileHandler, BaseHandler):
+# StaticFileHandler's own head(path) serves HEAD here; BaseHandler's takes any arguments.
+class StaticHandler(tornado.web.StaticFileHandler, BaseHandler):  # type: ignore[misc]
     """The browser client's files, with tokensvc's headers, JSON errors and masked logs.
 
-    StaticFileHandler comes first for serving; BaseHandler supplies set_default_headers,
-    write_error and log_exception, which StaticFileHandler does not define.
+    StaticFileHandler comes first for serving (GET and HEAD); BaseHandler supplies
+    set_default_headers, write_error and log_exception, which StaticFileHandler does not
+    define.
     """
 
     # The two bases' initialize() signatures differ; this one takes the URL rule's kwargs

@@ -174,6 +174,26 @@ class EventsHandler(ChatkitHandler):
         finally:
             registry.close(stream)
 
+    async def head(self, thread_id: str) -> None:
+        """The stream's status and headers, without opening it.
+
+        The same checks as GET (token, thread owner, the open-stream limit), but no
+        subscription and no stream slot is kept; a ticket in the query is checked, not used.
+        """
+        await self.owned_thread(thread_id)
+        registry = self.state.streams
+        registry.close(registry.open(self.claims, lambda: None))  # 429 where GET would be
+        self._set_stream_headers()
+        await self.flush()  # headers as a stream sends them: no Content-Length
+        self.finish()
+
+    def _set_stream_headers(self) -> None:
+        self.set_status(200)
+        self.set_header("Content-Type", "text/event-stream; charset=utf-8")
+        self.set_header("Cache-Control", "no-store")
+        self.set_header("X-Accel-Buffering", "no")
+        self.clear_header("Pragma")
+
     def _on_revoked(self) -> None:
         self._closing_event = "revoked"
         subscription = getattr(self, "_subscription", None)
@@ -204,11 +224,7 @@ class EventsHandler(ChatkitHandler):
         stream_end = claims.session_exp
         warned = False
 
-        self.set_status(200)
-        self.set_header("Content-Type", "text/event-stream; charset=utf-8")
-        self.set_header("Cache-Control", "no-store")
-        self.set_header("X-Accel-Buffering", "no")
-        self.clear_header("Pragma")
+        self._set_stream_headers()
         last_id = self._last_event_id()
         # Control events (token_expiring, revoked, ...) are not thread events; they repeat
         # the id of the last thread event sent, so every event has an id and a reconnect's

@@ -43,8 +43,9 @@ class TokenAuthMixin:
     - ``token_type``: what the ``Authorization`` header must carry (a session token).
     - ``required_scope``: a scope the token must have, or None.
     - ``accepts_query_token``: True only on GET routes that serve ``text/event-stream``;
-      there ``?access_token=<stream ticket>`` is accepted (and a session token too when
-      ``[tokens] allow_session_token_in_query`` is on). Elsewhere the parameter is ignored.
+      there ``?access_token=<stream ticket>`` is accepted on GET and HEAD (and a session
+      token too when ``[tokens] allow_session_token_in_query`` is on). Elsewhere the
+      parameter is ignored.
     """
 
     token_type: ClassVar[TokenType] = SESSION
@@ -89,8 +90,14 @@ class TokenAuthMixin:
             if services.revocations.is_revoked(claims):
                 services.metrics.inc("tokensvc_token_rejections_total", "reason", "revoked")
                 raise InvalidToken("token revoked")
-            if claims.token_type == TICKET and not await services.revocations.consume_ticket(
-                claims.iss, claims.jti, claims.exp + services.config.tokens.leeway
+            # HEAD is a safe method: it checks a ticket like GET does but must not use it up
+            # (so it cannot tell a ticket that was already used).
+            if (
+                claims.token_type == TICKET
+                and self.request.method != "HEAD"
+                and not await services.revocations.consume_ticket(
+                    claims.iss, claims.jti, claims.exp + services.config.tokens.leeway
+                )
             ):
                 services.metrics.inc("tokensvc_token_rejections_total", "reason", "reused")
                 raise InvalidToken("stream ticket already used")
@@ -106,7 +113,7 @@ class TokenAuthMixin:
         if len(headers) > 1:
             raise InvalidRequest("more than one Authorization header")
         from_query: list[bytes] = []
-        if self.accepts_query_token and self.request.method == "GET":
+        if self.accepts_query_token and self.request.method in ("GET", "HEAD"):
             from_query = self.request.query_arguments.get(QUERY_TOKEN_PARAM, [])
         if from_query and headers:
             raise InvalidRequest("token in both the header and the query")

@@ -42,7 +42,7 @@ log = logging.getLogger("tokensvc.web")
 # /sessions, a chat message's size for ChatKit), so those answer 413 themselves; a body
 # declared larger is answered 413 by OversizedBodyHandler before a byte of it is read.
 MAX_BODY_BYTES = 1024 * 1024
-CORS_METHODS = "GET, POST, DELETE, OPTIONS"
+CORS_METHODS = "GET, HEAD, POST, DELETE, OPTIONS"
 CORS_HEADERS = "Authorization, Content-Type, Last-Event-ID"
 CORS_EXPOSE = "WWW-Authenticate, Retry-After"
 CORS_MAX_AGE = "600"
@@ -113,6 +113,19 @@ class BaseHandler(tornado.web.RequestHandler):
         self.set_status(204)
         self.finish()
 
+    async def head(self, *args: Any, **kwargs: Any) -> None:
+        """HEAD wherever GET is: GET's status and headers, without the body.
+
+        It runs the route's ``get`` (after the same ``prepare``, so the same checks):
+        Tornado sends the headers, Content-Length and ETag included, and drops the body of a
+        HEAD answer. A GET that does more than answer (an event stream) overrides this.
+        """
+        if "GET" not in self._allowed_methods():
+            raise tornado.web.HTTPError(405)
+        result = self.get(*args, **kwargs)
+        if result is not None:
+            await result
+
     def no_store(self) -> None:
         """For every response that carries a token, ticket or secret."""
         self.set_header("Cache-Control", "no-store")
@@ -172,11 +185,15 @@ class BaseHandler(tornado.web.RequestHandler):
     def _allowed_methods(self) -> list[str]:
         cls = type(self)
         base = tornado.web.RequestHandler
-        return [
+        defined = [
             m
             for m in self.SUPPORTED_METHODS
             if getattr(cls, m.lower(), None) is not getattr(base, m.lower(), None)
         ]
+        # Every handler inherits head() from BaseHandler; it answers only where GET does.
+        if "GET" not in defined:
+            return [m for m in defined if m != "HEAD"]
+        return defined
 
     def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
         # Expected failures get one line with their log_message (written to be free of
