@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from tokensvc.config import ClientConfig, Config, load_config
+from tokensvc.config_env import BOOLEAN_FALSE, BOOLEAN_TRUE
 from tokensvc.errors import ConfigError
 
 GOOD_SHA256 = hashlib.sha256(b"a-client-secret-of-some-length").hexdigest()
@@ -220,10 +221,20 @@ def test_env_vars_override_the_file_with_types(tmp_path: Path) -> None:
     assert config.chatkit.model == "gpt-test"
 
 
-@pytest.mark.parametrize(("text", "expected"), [("1", True), ("yes", True), ("off", False)])
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [(t, True) for t in ("true", "TRUE", "1", "yes", "On")]
+    + [(f, False) for f in ("false", "False", "0", "no", "OFF")],
+)
 def test_env_bool_spellings(text: str, expected: bool) -> None:
     env = {"TOKENSVC_TOKENS_ALLOW_SESSION_TOKEN_IN_QUERY": text}
     assert load_config(None, env=env).tokens.allow_session_token_in_query is expected
+
+
+def test_readme_lists_the_boolean_spellings_the_code_accepts() -> None:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    pairs = ", ".join(f"`{t}`/`{f}`" for t, f in zip(BOOLEAN_TRUE, BOOLEAN_FALSE, strict=True))
+    assert f"booleans ({pairs}, in any case)" in readme
 
 
 def test_flags_beat_env_and_file(tmp_path: Path) -> None:
@@ -295,15 +306,73 @@ def test_relative_paths_from_env_resolve_against_the_working_directory(
     assert config.secrets.path == tmp_path / "mine.toml"
 
 
-def test_unrelated_tokensvc_env_vars_are_ignored() -> None:
+def test_tokensvc_env_vars_that_are_not_configuration_are_ignored() -> None:
     env = {
         "TOKENSVC_SECRET_FOO": "sk-not-config",
         "TOKENSVC_SECRET_TEAM_ALPHA": "sk-not-config",
         "TOKENSVC_KEYS_PASSPHRASE": "hunter2-passphrase",
         "TOKENSVC_TEST_REDIS_URL": "redis://127.0.0.1:1/0",
+        "TOKENSVC_TEST_ANYTHING_ELSE": "1",
         "OTHER_SERVER_PORT": "1",
+        "tokensvc_sever_port": "1",  # not the prefix: variable names are case-sensitive
     }
     assert load_config(None, env=env) == Config()
+
+
+@pytest.mark.parametrize(
+    "variable", ["TOKENSVC_SEVER_PORT", "TOKENSVC_TOKEN_TTL", "TOKENSVC_SECRETPROVIDER",
+                 "TOKENSVC_", "TOKENSVC_PORT"],
+)
+def test_unknown_section_in_an_env_var_is_an_error_naming_it(variable: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_config(None, env={variable: "8766", "TOKENSVC_SERVER_PORT": "8767"})
+    message = str(caught.value)
+    assert message.startswith(f"unknown config variable {variable}:")
+    assert "\n" not in message
+    assert "8766" not in message
+
+
+def test_env_var_naming_a_section_but_no_key_is_an_error() -> None:
+    with pytest.raises(ConfigError, match="TOKENSVC_SERVER names no key"):
+        load_config(None, env={"TOKENSVC_SERVER": "1"})
+
+
+def test_secrets_under_a_configured_env_prefix_are_not_strays(tmp_path: Path) -> None:
+    # The prefix may come from the file or from the environment itself.
+    from_file = load_text(
+        tmp_path, '[secrets]\nprovider = "env"\nenv_prefix = "TOKENSVC_KEYRING_"\n',
+        {"TOKENSVC_KEYRING_DEMO": "sk-a"},
+    )
+    assert from_file.secrets.env_prefix == "TOKENSVC_KEYRING_"
+    from_env = load_config(None, env={"TOKENSVC_SECRETS_ENV_PREFIX": "TOKENSVC_VAULT_",
+                                      "TOKENSVC_VAULT_DEMO": "sk-b"})
+    assert from_env.secrets.env_prefix == "TOKENSVC_VAULT_"
+    # With another prefix, a TOKENSVC_SECRET_* variable is a leftover that does nothing.
+    with pytest.raises(ConfigError, match="unknown config variable TOKENSVC_SECRET_DEMO"):
+        load_config(None, env={"TOKENSVC_SECRETS_ENV_PREFIX": "TOKENSVC_VAULT_",
+                               "TOKENSVC_SECRET_DEMO": "sk-c"})
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"TOKENSVC_SERVER_PORT": "eighty"}, "TOKENSVC_SERVER_PORT must be an integer"),
+        ({"TOKENSVC_SECRETS_TIMEOUT": "soon"}, "TOKENSVC_SECRETS_TIMEOUT must be a number"),
+        ({"TOKENSVC_TOKENS_ALLOW_SESSION_TOKEN_IN_QUERY": "maybe"},
+         "TOKENSVC_TOKENS_ALLOW_SESSION_TOKEN_IN_QUERY must be a boolean: true or false "
+         "(or 1/0, yes/no, on/off)"),
+        ({"TOKENSVC_SERVER_LOG_FORMAT": "xml"},
+         "TOKENSVC_SERVER_LOG_FORMAT must be one of text | json"),
+        ({"TOKENSVC_SECRETS_TIMEOUT": "inf"},
+         "TOKENSVC_SECRETS_TIMEOUT must be a finite number"),
+    ],
+)
+def test_wrong_type_in_an_env_var_says_which_type_was_expected(
+    env: dict[str, str], message: str
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_config(None, env=env)
+    assert str(caught.value) == message
 
 
 # -- invalid configurations ----------------------------------------------------------

@@ -21,12 +21,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import urlsplit
 
+from tokensvc.config_checks import MAX_LEEWAY, MAX_TICKET_TTL, validate
+from tokensvc.config_env import ENV_PREFIX, check_strays, from_env, read_env
 from tokensvc.errors import ConfigError
 
 __all__ = [
     "ENV_PREFIX",
+    "MAX_LEEWAY",
+    "MAX_TICKET_TTL",
     "ChatkitConfig",
     "ClientConfig",
     "Config",
@@ -37,12 +40,6 @@ __all__ = [
     "TokensConfig",
     "load_config",
 ]
-
-ENV_PREFIX = "TOKENSVC_"
-# Environment variables under the prefix that are not configuration keys.
-_RESERVED_ENV = {"TOKENSVC_KEYS_PASSPHRASE"}
-MAX_LEEWAY = 60
-MAX_TICKET_TTL = 300
 
 
 @dataclass(frozen=True)
@@ -206,16 +203,12 @@ def load_config(
         # The contract's default ``secrets.toml`` is relative to the config file too.
         sections["secrets"].setdefault("path", (SecretsConfig.path, base))
 
-    for var, text in (os.environ if env is None else env).items():
-        if not var.startswith(ENV_PREFIX) or var in _RESERVED_ENV:
-            continue
-        rest = var[len(ENV_PREFIX) :].lower()
-        section, _, key = rest.partition("_")
-        if section not in _SECTIONS or not key:
-            continue  # e.g. TOKENSVC_SECRET_<ID> for the env provider, TOKENSVC_TEST_*
+    settings, strays = read_env(os.environ if env is None else env, _SECTIONS)
+    for setting in settings:
+        section, key, var = setting.section, setting.key, setting.variable
         _check_known(section, key, source=var)
-        value = _from_env(section, key, text)
-        _coerce(section, key, value, Path.cwd())
+        value = from_env(_field_type(section, key), setting.text, var)
+        _coerce(section, key, value, Path.cwd(), label=var)
         sections[section][key] = (value, Path.cwd())
 
     for section, values in (overrides or {}).items():
@@ -229,7 +222,9 @@ def load_config(
         config_path=path.resolve() if path is not None else None,
         **built,
     )
-    _validate(config)
+    # Only now is [secrets] env_prefix known, whose variables are secrets, not strays.
+    check_strays(strays, config.secrets.env_prefix, list(_SECTIONS))
+    validate(config, list(_SECTIONS))
     return config
 
 
@@ -245,32 +240,12 @@ def _field_type(section: str, key: str) -> Any:
     return hints[key]
 
 
-def _from_env(section: str, key: str, text: str) -> Any:
-    """Environment values are text: convert them by the field's type."""
+def _coerce(
+    section: str, key: str, value: Any, base: Path, *, label: str | None = None
+) -> Any:
+    """``value`` checked against the field's type; ``label`` names it in errors."""
     kind = _field_type(section, key)
-    name = f"{ENV_PREFIX}{section.upper()}_{key.upper()}"
-    try:
-        if kind is bool:
-            lowered = text.strip().lower()
-            if lowered in {"1", "true", "yes", "on"}:
-                return True
-            if lowered in {"0", "false", "no", "off"}:
-                return False
-            raise ValueError(text)
-        if kind is int:
-            return int(text)
-        if kind is float:
-            return float(text)
-        if typing.get_origin(kind) is tuple:
-            return [item.strip() for item in text.split(",") if item.strip()]
-    except ValueError as err:
-        raise ConfigError(f"{name} has the wrong type") from err
-    return text
-
-
-def _coerce(section: str, key: str, value: Any, base: Path) -> Any:
-    kind = _field_type(section, key)
-    label = f"[{section}] {key}"
+    label = label or f"[{section}] {key}"
     origin = typing.get_origin(kind)
     if kind is bool:
         if not isinstance(value, bool):
@@ -357,87 +332,3 @@ def _build_clients(raw: Any) -> tuple[ClientConfig, ...]:
             )
         )
     return tuple(clients)
-
-
-def _is_http_url(url: str) -> bool:
-    """An http(s) URL with a host (``https://`` alone would fail only at the first call)."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return False
-    return parts.scheme in ("http", "https") and bool(parts.hostname)
-
-
-def _validate(config: Config) -> None:
-    s, t, k, r, sec, c = (
-        config.server,
-        config.tokens,
-        config.keys,
-        config.revocation,
-        config.secrets,
-        config.chatkit,
-    )
-    checks: list[tuple[bool, str]] = [
-        (0 <= s.port <= 65535, "[server] port must be 0..65535"),
-        (s.workers >= 1, "[server] workers must be at least 1"),
-        (
-            s.workers == 1 or r.backend == "redis",
-            "[server] workers > 1 needs [revocation] backend = \"redis\" "
-            "(a memory revocation list is per process)",
-        ),
-        (bool(t.issuer), "[tokens] issuer must not be empty"),
-        (bool(t.audience), "[tokens] audience must not be empty"),
-        (t.ttl >= 10, "[tokens] ttl must be at least 10 seconds"),
-        (t.max_ttl >= 10, "[tokens] max_ttl must be at least 10 seconds"),
-        (t.ttl <= t.max_ttl, "[tokens] ttl must not exceed max_ttl"),
-        (
-            t.session_max_lifetime >= t.max_ttl,
-            "[tokens] session_max_lifetime must be at least max_ttl",
-        ),
-        (0 <= t.leeway <= MAX_LEEWAY, f"[tokens] leeway must be 0..{MAX_LEEWAY} seconds"),
-        (
-            1 <= t.ticket_ttl <= MAX_TICKET_TTL,
-            f"[tokens] ticket_ttl must be 1..{MAX_TICKET_TTL} seconds",
-        ),
-        (0 <= t.jwks_max_age <= 86400, "[tokens] jwks_max_age must be 0..86400 seconds"),
-        (k.reload_interval > 0, "[keys] reload_interval must be positive"),
-        (r.max_staleness > 0, "[revocation] max_staleness must be positive"),
-        (
-            r.backend != "redis" or r.redis_url.startswith(("redis://", "rediss://", "unix://")),
-            "[revocation] redis_url must be a redis://, rediss:// or unix:// URL",
-        ),
-        (0 < sec.timeout <= 60, "[secrets] timeout must be in (0, 60] seconds"),
-        (
-            sec.provider != "http" or _is_http_url(sec.url),
-            "[secrets] url must be an http(s) URL when provider = \"http\"",
-        ),
-        (bool(sec.env_prefix), "[secrets] env_prefix must not be empty"),
-        (c.max_streams_per_subject >= 1, "[chatkit] max_streams_per_subject must be at least 1"),
-        (c.heartbeat > 0, "[chatkit] heartbeat must be positive"),
-        (c.history >= 1, "[chatkit] history must be at least 1"),
-        (c.writes_per_minute >= 1, "[chatkit] writes_per_minute must be at least 1"),
-        (c.max_replies_per_subject >= 1, "[chatkit] max_replies_per_subject must be at least 1"),
-        (c.max_thread_messages >= 1, "[chatkit] max_thread_messages must be at least 1"),
-        (
-            c.upstream_url in ("", "echo") or _is_http_url(c.upstream_url),
-            "[chatkit] upstream_url must be \"\", \"echo\" or an http(s) URL",
-        ),
-    ]
-    for ok, message in checks:
-        if not ok:
-            raise ConfigError(message)
-    clashing = [f"{ENV_PREFIX}{name.upper()}_" for name in _SECTIONS]
-    if any(sec.env_prefix.upper().startswith(prefix) for prefix in clashing):
-        raise ConfigError(
-            "[secrets] env_prefix must not start with a configuration prefix such as "
-            f"{ENV_PREFIX}SECRETS_ (those variables are read as configuration)"
-        )
-    for origin in s.cors_origins:
-        if origin == "*" or origin.lower() == "null":
-            raise ConfigError("[server] cors_origins must list origins, never \"*\" or \"null\"")
-        # fullmatch: with re.match, "$" would also accept a trailing newline.
-        if not re.fullmatch(r"[a-z][a-z0-9+.-]*://(\*|[^\s/*]+)", origin):
-            raise ConfigError(
-                f"[server] cors_origins entry {origin!r} must be scheme://host[:port] "
-                "or scheme://*"
-            )
