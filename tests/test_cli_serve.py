@@ -22,7 +22,7 @@ import pytest
 
 from tokensvc.keystore import ensure_ring
 
-READY = re.compile(r"^tokensvc listening on http://127\.0\.0\.1:(\d+)$")
+READY = re.compile(r"^tokensvc listening on http://127\.0\.0\.1:(\d+)( \(\d+ workers\))?$")
 READY_TIMEOUT = 20.0
 EXIT_TIMEOUT = 15.0
 UPSTREAM = "sk-cli-upstream-secret-value-0042"
@@ -255,3 +255,34 @@ def test_group_readable_key_file_exits_2(tmp_path: Path, start: Any) -> None:
     assert len(lines) == 1, lines
     assert private.name in lines[0]
     assert not any(READY.match(line) for line in second.lines)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_the_listening_url_is_printed_exactly_once(
+    tmp_path: Path, start: Any, workers: int, fixtures: pytest.FixtureRequest
+) -> None:
+    args = ["serve", "--port", "0", "--keys-dir", str(tmp_path / "keys"),
+            "--workers", str(workers)]
+    if workers > 1:  # several workers share revocations through Redis
+        redis_url = fixtures.getfixturevalue("redis_url")
+        config = tmp_path / "tokensvc.toml"
+        config.write_text(f'[revocation]\nbackend = "redis"\nredis_url = "{redis_url}"\n',
+                          encoding="utf-8")
+        args += ["--config", str(config)]
+    server = start(*args)
+    base = server.wait_ready()
+    status, _, _ = request(base + "/healthz")
+    assert status == 200
+    assert server.stop() == 0
+    # Every worker has logged that it serves before the line is printed; none names the URL.
+    output = "\n".join(server.lines) + "\n" + server.stderr()
+    assert output.count(base) == 1, output
+    assert len([line for line in server.lines if READY.match(line)]) == 1
+    if workers > 1:
+        assert len(re.findall(r"worker \d+ serving \(pid \d+\)", server.stderr())) == workers
+
+
+@pytest.fixture
+def fixtures(request: pytest.FixtureRequest) -> pytest.FixtureRequest:
+    """The fixture request, under a name that leaves ``request()`` above usable."""
+    return request

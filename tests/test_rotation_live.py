@@ -432,7 +432,7 @@ def test_workers_all_reload_on_sighup_to_the_parent(tmp_path: Path, redis_url: s
         # A reload request while the workers are still starting must not kill them.
         server.signal(signal.SIGHUP)
         wait_until(
-            lambda: len(re.findall(r"serving on http://\S+ \(pid \d+\)", server.stderr())) == 2,
+            lambda: len(re.findall(r"worker \d+ serving \(pid \d+\)", server.stderr())) == 2,
             30,
             "both workers to serve",
         )

@@ -99,10 +99,10 @@ def run(prepared: Prepared) -> int:
     for notice in prepared.notices:
         print(notice, flush=True)
     if config.server.workers == 1:
-        return asyncio.run(_serve(prepared, sockets, url, announce=True))
+        return asyncio.run(_serve(prepared, sockets, url))
 
-    def serve_worker(_index: int, ready_fd: int | None) -> int:
-        return asyncio.run(_serve(prepared, sockets, url, announce=False, ready_fd=ready_fd))
+    def serve_worker(index: int, ready_fd: int | None) -> int:
+        return asyncio.run(_serve(prepared, sockets, url, worker=index, ready_fd=ready_fd))
 
     workers = config.server.workers
     return Supervisor(workers, serve_worker).run(
@@ -115,9 +115,10 @@ async def _serve(
     sockets: Sequence[object],
     url: str,
     *,
-    announce: bool,
+    worker: int | None = None,
     ready_fd: int | None = None,
 ) -> int:
+    """Serve until SIGTERM/SIGINT: the only process (``worker`` None), or one of several."""
     config = prepared.config
     reloader = KeyRingReloader(
         config.keys.dir,
@@ -163,12 +164,16 @@ async def _serve(
     )
     # A SIGHUP ignored since the ring was loaded above may have been a rotation: look once.
     reload_check = loop.create_task(reloader.check_async())
-    if announce:
+    # The listening line is printed once per server: here for a single process, by the
+    # supervisor once every worker serves otherwise. A worker logs without the URL, so the
+    # output names it only once.
+    if worker is None:
         print(f"tokensvc listening on {url}", flush=True)
+    else:
+        log.info("worker %d serving (pid %d)", worker, os.getpid())
     if ready_fd is not None:  # tell the supervisor this worker is serving
         os.write(ready_fd, b"1")
         os.close(ready_fd)
-    log.info("serving on %s (pid %d)", url, os.getpid())
     await stop.wait()
 
     log.info("shutting down")
