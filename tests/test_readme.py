@@ -64,15 +64,22 @@ def test_readme_walkthrough_works_verbatim(server: str, tmp_path: Path) -> None:
     script = walkthrough()
     assert DEFAULT_BASE in script
     script = script.replace(DEFAULT_BASE, server)  # the only change: the test's free port
+    temp = tmp_path / "tmp"
+    temp.mkdir()
     result = subprocess.run(
         ["bash", "-euo", "pipefail", "-c", script],
         cwd=tmp_path,
+        env={**os.environ, "TMPDIR": str(temp)},
         capture_output=True,
         text=True,
         timeout=60,
     )
     assert result.returncode == 0, result.stderr
-    events = (tmp_path / "events.txt").read_text()
+    # The stream went to a temporary file, removed afterwards; the folder gets no events.txt.
+    assert list(temp.iterdir()) == []
+    assert not (tmp_path / "events.txt").exists()
+    # The stream is the last thing printed.
+    events = result.stdout[result.stdout.index("retry: "):]
     kinds = re.findall(r"^event: (\w+)$", events, re.M)
     assert kinds[0] == "message"
     assert kinds.count("delta") == 4  # "hello ", "from ", "the ", "panel"
