@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import signal
 import time
 from collections.abc import Callable
@@ -26,6 +27,7 @@ from .redis_support import PrivateRedis, free_port
 from .test_revocation_store import ISS, make_claims, make_entry, running
 
 STALENESS = 0.5
+STORE_LOGGER = "tokensvc.revocation.redis"
 # The longest any wait here for something that should happen soon may take.
 WAIT = 10.0
 
@@ -230,6 +232,48 @@ async def test_start_without_redis_fails_closed(wall_clock: Any) -> None:
             await store.consume_ticket(ISS, "ticket-1", wall_clock.now + 60)
     finally:
         await store.close()
+
+
+@pytest.mark.gen_test(timeout=3 * WAIT)
+async def test_unreachable_redis_is_logged_with_its_reason_at_a_bounded_rate(
+    wall_clock: Any, monotonic: CountingClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger=STORE_LOGGER)
+    # Nothing listens there; the password must never reach a log line.
+    url = f"redis://:hunter2-password@127.0.0.1:{free_port()}/0"
+    store = RedisRevocationStore(
+        url, max_staleness=STALENESS, clock=wall_clock, monotonic=monotonic,
+        start_timeout=0.3, failure_log_interval=30.0,
+    )
+
+    def feed_reports(level: int) -> list[str]:
+        return [r.getMessage() for r in caplog.records
+                if r.name == STORE_LOGGER and r.levelno == level and "feed" in r.getMessage()]
+
+    try:
+        await asyncio.wait_for(store.start(), WAIT)
+        start_line = [r.getMessage() for r in caplog.records if "within 0.3 s" in r.getMessage()]
+        assert start_line == [
+            "revocation store not synced with Redis within 0.3 s (connection refused); "
+            "failing closed until it is"
+        ]
+        assert feed_reports(logging.WARNING) == [
+            "cannot follow the Redis revocation feed (connection refused); failing closed; "
+            "retrying, reported at most every 30 s while it fails"
+        ]
+        # Retries go on failing (backoff from 0.1 s): within the interval, DEBUG only.
+        assert await eventually(lambda: len(feed_reports(logging.DEBUG)) >= 2)
+        assert len(feed_reports(logging.WARNING)) == 1
+
+        monotonic.advance(30.0)  # the interval has passed: the next failure is reported
+        assert await eventually(lambda: len(feed_reports(logging.WARNING)) == 2)
+        assert "more times since the last report" in feed_reports(logging.WARNING)[1]
+        assert "(connection refused)" in feed_reports(logging.WARNING)[1]
+    finally:
+        await store.close()
+    ours = "\n".join(r.getMessage() for r in caplog.records if r.name.startswith("tokensvc"))
+    for leak in ("hunter2", "127.0.0.1", "Connect call failed", "Error 111"):
+        assert leak not in ours
 
 
 @pytest.mark.gen_test(timeout=6 * WAIT)

@@ -22,7 +22,9 @@ from tokensvc.errors import (
     TooManyRequests,
     UpstreamError,
 )
+from tokensvc.logs import ThrottledLog
 from tokensvc.redacted import Secret
+from tokensvc.redis_reasons import describe_redis_failure
 from tokensvc.revocation.base import RevocationEntry, RevocationStore
 from tokensvc.services import Services
 from tokensvc.sessions import session_response, start_session
@@ -50,6 +52,7 @@ __all__ = [
     "Services",
     "StoreUnavailable",
     "TemporarilyUnavailable",
+    "ThrottledLog",
     "TokenAuthMixin",
     "TokenError",
     "TokenType",
@@ -58,6 +61,7 @@ __all__ = [
     "UpstreamError",
     "__version__",
     "build_services",
+    "describe_redis_failure",
     "load_config",
     "make_app",
     "session_response",

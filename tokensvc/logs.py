@@ -14,6 +14,7 @@ import logging
 import re
 import sys
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import parse_qsl, quote, urlsplit
 
@@ -23,6 +24,7 @@ if TYPE_CHECKING:
 __all__ = [
     "JsonFormatter",
     "RedactingFormatter",
+    "ThrottledLog",
     "configure_logging",
     "log_request",
     "mask_uri",
@@ -138,3 +140,51 @@ def log_request(handler: RequestHandler) -> None:
             "remote_ip": request.remote_ip,
         },
     )
+
+
+class ThrottledLog:
+    """A repeating report (a dependency that keeps failing) at most once per ``interval``.
+
+    The first report is logged at once; repeats within ``interval`` seconds of the last
+    logged one go to DEBUG, and the next report that is logged says how many there were.
+    :meth:`reset` (the failure is over) makes the next report log at once again. Time comes
+    from ``monotonic``, so tests can move it.
+    """
+
+    def __init__(
+        self,
+        logger: logging.Logger,
+        interval: float,
+        *,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if interval <= 0:
+            raise ValueError("interval must be positive")
+        self.interval = interval
+        self._logger = logger
+        self._monotonic = monotonic
+        self._last: float | None = None
+        self._held_back = 0
+
+    def log(self, level: int, message: str, *args: Any) -> bool:
+        """Log ``message % args`` at ``level`` unless one was logged within ``interval``."""
+        now = self._monotonic()
+        if self._last is not None and now - self._last < self.interval:
+            self._held_back += 1
+            self._logger.debug(message + " (repeat)", *args)
+            return False
+        if self._held_back:
+            message += " (%d more times since the last report)"
+            args = (*args, self._held_back)
+        self._logger.log(level, message, *args)
+        self._last, self._held_back = now, 0
+        return True
+
+    def logged(self) -> None:
+        """Count a report logged elsewhere as this one's last (the interval starts now)."""
+        self._last, self._held_back = self._monotonic(), 0
+
+    def reset(self) -> None:
+        """The condition is over: the next report is logged at once."""
+        self._last, self._held_back = None, 0
+

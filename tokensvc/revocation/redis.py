@@ -18,7 +18,6 @@ of waving through a token that was revoked while this process was not listening.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import math
 import time
@@ -33,9 +32,12 @@ from redis.exceptions import RedisError, WatchError
 
 from tokensvc.claims import Claims
 from tokensvc.errors import StoreUnavailable
+from tokensvc.logs import ThrottledLog
+from tokensvc.redis_reasons import describe_redis_failure
 from tokensvc.revocation.base import RevocationEntry
 from tokensvc.revocation.index import TICKET_GRACE, RevocationIndex, widen
 from tokensvc.revocation.listeners import Listener, Listeners
+from tokensvc.revocation.redis_codec import dump_entry, glob_escape, parse_entry
 
 __all__ = ["RedisRevocationStore"]
 
@@ -47,6 +49,8 @@ BACKOFF_MAX = 2.0
 _PING_PAYLOAD = b"tokensvc-revocation-sync"
 _SCAN_BATCH = 500
 _WATCH_ATTEMPTS = 5
+#: While the feed keeps failing, its reason is logged at most once per this many seconds.
+FAILURE_LOG_INTERVAL = 30.0
 
 
 class RedisRevocationStore:
@@ -63,6 +67,10 @@ class RedisRevocationStore:
     a false success. ``start_timeout`` bounds how long :meth:`start` waits for the first
     sync; if Redis is not reachable by then, start-up continues and the store fails
     closed (``ready`` False) until the background task gets through.
+
+    While the feed fails, why (``connection refused``, ``authentication failed``,
+    ``timed out``: the kind of failure only, never redis-py's text, which names hosts and
+    may quote more) is logged at once, then at most every ``failure_log_interval`` seconds.
     """
 
     def __init__(
@@ -76,6 +84,7 @@ class RedisRevocationStore:
         resync_interval: float | None = None,
         socket_timeout: float = 2.0,
         start_timeout: float = 5.0,
+        failure_log_interval: float = FAILURE_LOG_INTERVAL,
     ) -> None:
         if max_staleness <= 0:
             raise ValueError("max_staleness must be positive")
@@ -100,6 +109,8 @@ class RedisRevocationStore:
         self._client: Redis | None = None
         self._task: asyncio.Task[None] | None = None
         self._feed_healthy = False  # only to log state changes once, not every retry
+        self._failure: str | None = None  # why the feed last failed, while it is down
+        self._failure_log = ThrottledLog(log, failure_log_interval, monotonic=monotonic)
 
     def __repr__(self) -> str:
         return f"RedisRevocationStore(prefix={self._prefix!r})"
@@ -127,7 +138,12 @@ class RedisRevocationStore:
             async with asyncio.timeout(self._start_timeout):
                 await self._synced.wait()
         except TimeoutError:
-            log.warning("revocation store not synced with Redis yet; failing closed until it is")
+            log.warning(
+                "revocation store not synced with Redis within %g s (%s); "
+                "failing closed until it is",
+                self._start_timeout,
+                self._failure or "no answer yet",
+            )
 
     async def close(self) -> None:
         """Stop the background task and close every connection."""
@@ -165,7 +181,7 @@ class RedisRevocationStore:
                 stored = await self._store(client, entry)
         except (RedisError, OSError, TimeoutError) as err:
             raise StoreUnavailable(
-                f"cannot record revocation in Redis: {type(err).__name__}"
+                f"cannot record revocation in Redis: {describe_redis_failure(err)}"
             ) from err
         self._apply(stored)
 
@@ -183,7 +199,7 @@ class RedisRevocationStore:
                 created = await client.set(key, b"1", nx=True, exat=keep_until)
         except (RedisError, OSError, TimeoutError) as err:
             raise StoreUnavailable(
-                f"cannot record ticket use in Redis: {type(err).__name__}"
+                f"cannot record ticket use in Redis: {describe_redis_failure(err)}"
             ) from err
         return bool(created)
 
@@ -210,11 +226,11 @@ class RedisRevocationStore:
             for _ in range(_WATCH_ATTEMPTS):
                 try:
                     await pipe.watch(key)
-                    current = _parse(await pipe.get(key))
+                    current = parse_entry(await pipe.get(key))
                     stored = entry
                     if current is not None and current.key == entry.key:
                         stored = widen(current, entry)
-                    payload = _dump(stored)
+                    payload = dump_entry(stored)
                     pipe.multi()  # type: ignore[no-untyped-call]  # untyped in redis-py
                     pipe.set(key, payload, exat=math.ceil(stored.expires_at))
                     pipe.publish(self._channel, payload)
@@ -256,7 +272,7 @@ class RedisRevocationStore:
             try:
                 await self._follow(pubsub)
             except (RedisError, OSError, TimeoutError) as err:
-                reason = f"{type(err).__name__}: {err}"
+                reason = describe_redis_failure(err)
             except Exception:
                 # Unexpected, but the task must survive it: if it died, the replica would
                 # go stale for good and every request would be a 503.
@@ -273,10 +289,21 @@ class RedisRevocationStore:
             delay = min(delay * 2, BACKOFF_MAX)
 
     def _feed_lost(self, reason: str) -> None:
+        self._failure = reason
         if self._feed_healthy:
             log.warning("lost the Redis revocation feed (%s); reconnecting", reason)
+            self._failure_log.logged()
         else:
-            log.debug("Redis revocation feed unavailable (%s)", reason)
+            self._failure_log.log(
+                logging.WARNING,
+                "cannot follow the Redis revocation feed (%s); %s; retrying, "
+                "reported at most every %g s while it fails",
+                reason,
+                "answering from the replica until it is stale"
+                if self._fresh()
+                else "failing closed",
+                self._failure_log.interval,
+            )
         self._feed_healthy = False
 
     async def _follow(self, pubsub: PubSub) -> None:
@@ -340,6 +367,8 @@ class RedisRevocationStore:
         self._mark_synced(as_of)
         if not self._feed_healthy:
             log.info("revocation replica synced with Redis (%d live entries)", len(self._index))
+            self._failure = None
+            self._failure_log.reset()
         self._feed_healthy = True
         for entry in news:
             self._listeners.notify(entry)
@@ -348,42 +377,21 @@ class RedisRevocationStore:
         keys: list[bytes] = [
             key
             async for key in client.scan_iter(
-                match=_glob_escape(self._key_prefix) + "*", count=_SCAN_BATCH
+                match=glob_escape(self._key_prefix) + "*", count=_SCAN_BATCH
             )
         ]
         entries: list[RevocationEntry] = []
         for start in range(0, len(keys), _SCAN_BATCH):
             values = await client.mget(keys[start : start + _SCAN_BATCH])
             for value in values:
-                entry = _parse(value)  # None: expired between SCAN and MGET, or damaged
+                entry = parse_entry(value)  # None: expired between SCAN and MGET, or damaged
                 if entry is not None:
                     entries.append(entry)
         return entries
 
     def _on_message(self, data: Any) -> None:
-        entry = _parse(data)
+        entry = parse_entry(data)
         if entry is None:
             log.warning("ignoring an unreadable message on the revocation channel")
             return
         self._apply(entry)
-
-
-def _dump(entry: RevocationEntry) -> bytes:
-    return json.dumps(entry.to_json(), separators=(",", ":"), sort_keys=True).encode()
-
-
-def _parse(data: Any) -> RevocationEntry | None:
-    if data is None:
-        return None
-    try:
-        record = json.loads(data)
-        if not isinstance(record, dict):
-            return None
-        return RevocationEntry.from_json(record)
-    except (ValueError, TypeError):
-        return None
-
-
-def _glob_escape(text: str) -> str:
-    """Escape Redis glob metacharacters so a prefix matches only itself."""
-    return "".join("\\" + ch if ch in "*?[]\\" else ch for ch in text)
