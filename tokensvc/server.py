@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import ipaddress
 import logging
 import os
 import signal
@@ -26,7 +27,7 @@ from tokensvc.config import Config
 from tokensvc.errors import ConfigError, KeyRingError, StoreUnavailable
 from tokensvc.keyreload import KeyRingReloader
 from tokensvc.keystore import PASSPHRASE_ENV, ensure_ring
-from tokensvc.providers import make_provider
+from tokensvc.providers import make_provider, provider_problem
 from tokensvc.revocation.factory import make_store
 from tokensvc.web import MAX_BODY_BYTES
 from tokensvc.workers import Supervisor
@@ -75,6 +76,15 @@ def prepare(config: Config) -> Prepared:
     # Built once here only to validate it (a bad URL or header stops start-up with exit 2);
     # each worker builds its own after the fork.
     make_provider(config.secrets)
+    _warn_about_development_settings(config)
+    return Prepared(config=config, passphrase=passphrase, notices=tuple(notices))
+
+
+def _warn_about_development_settings(config: Config) -> None:
+    """Warnings, not errors: each of these may be deliberate, or fixed while serving."""
+    problem = provider_problem(config.secrets)
+    if problem is not None:
+        log.warning("%s", problem)
     for client in config.clients:
         if client.plain_secret:
             log.warning(
@@ -82,7 +92,24 @@ def prepare(config: Config) -> Prepared:
                 "outside development",
                 client.client_id,
             )
-    return Prepared(config=config, passphrase=passphrase, notices=tuple(notices))
+    host = config.server.host
+    if config.server.demo and not _is_loopback(host):
+        log.warning(
+            "--demo is for development, but the server listens on %s, which is not a "
+            "loopback address: the demo routes still answer loopback requests only, while "
+            "everything else is reachable from the network; use --host 127.0.0.1",
+            host or "every address",
+        )
+
+
+def _is_loopback(host: str) -> bool:
+    """Whether listening on ``host`` keeps the server on this machine."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # "" (every address) or a host name that may resolve to anything
 
 
 def run(prepared: Prepared) -> int:

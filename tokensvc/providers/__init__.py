@@ -14,7 +14,7 @@ from tokensvc.config import SecretsConfig
 from tokensvc.errors import ConfigError
 from tokensvc.providers.base import SecretProvider
 from tokensvc.providers.env import EnvSecretProvider
-from tokensvc.providers.file import FileSecretProvider
+from tokensvc.providers.file import FileSecretProvider, secrets_file_problem
 from tokensvc.providers.http import HttpSecretProvider
 from tokensvc.providers.singleflight import SingleFlightProvider
 from tokensvc.redacted import Secret
@@ -26,6 +26,7 @@ __all__ = [
     "SecretProvider",
     "SingleFlightProvider",
     "make_provider",
+    "provider_problem",
 ]
 
 
@@ -50,3 +51,21 @@ def make_provider(config: SecretsConfig) -> SecretProvider:
     except ValueError as err:
         raise ConfigError(f"[secrets] {err}") from err
     return SingleFlightProvider(inner, timeout=config.timeout)
+
+
+def provider_problem(config: SecretsConfig) -> str | None:
+    """What stops the configured holder from answering right now, or None.
+
+    For a start-up warning: unlike a configuration error this may be fixed while the
+    server runs. Only the file provider can tell without a lookup (a missing, unreadable
+    or invalid file); the env and http providers answer None.
+    """
+    if config.provider == "file":
+        problem = secrets_file_problem(config.path)
+        if problem is not None:
+            return (
+                f"secrets file {config.path} {problem}: POST /sessions finds no secret "
+                "until it is fixed (the file is read again when it changes)"
+            )
+    return None
+

@@ -44,7 +44,7 @@ from pathlib import Path
 from tokensvc.errors import ProviderUnavailable, UnknownSecret
 from tokensvc.redacted import Secret
 
-__all__ = ["FileSecretProvider"]
+__all__ = ["FileSecretProvider", "secrets_file_problem"]
 
 log = logging.getLogger(__name__)
 
@@ -181,6 +181,26 @@ class FileSecretProvider:
                 stat.S_IMODE(st.st_mode),
             )
             self._mode_warned = True
+
+
+def secrets_file_problem(path: Path) -> str | None:
+    """Why the file at ``path`` cannot serve secrets now, or None if it can.
+
+    For start-up, which reports a problem as a warning rather than waiting for the first
+    ``POST /sessions`` to find it: the file may still appear or be fixed, and is re-read then.
+    """
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read(MAX_FILE_SIZE + 1)
+    except FileNotFoundError:
+        return "does not exist"
+    except OSError as err:
+        return f"cannot be read ({err.strerror})"
+    try:
+        _parse(data)
+    except _BadFile as err:
+        return f"is unusable: {err}"
+    return None
 
 
 def _parse(data: bytes) -> dict[str, str]:
