@@ -36,11 +36,11 @@ def clean_env() -> dict[str, str]:
 class Server:
     """A ``python -m tokensvc`` child whose stdout lines are collected by a thread."""
 
-    def __init__(self, cwd: Path, *args: str) -> None:
+    def __init__(self, cwd: Path, *args: str, env: dict[str, str] | None = None) -> None:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "tokensvc", *args],
             cwd=cwd,
-            env=clean_env(),
+            env={**clean_env(), **(env or {})},
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -119,8 +119,8 @@ class Server:
 def start(tmp_path: Path) -> Iterator[Any]:
     started: list[Server] = []
 
-    def _start(*args: str) -> Server:
-        server = Server(tmp_path, *args)
+    def _start(*args: str, env: dict[str, str] | None = None) -> Server:
+        server = Server(tmp_path, *args, env=env)
         started.append(server)
         return server
 
@@ -241,6 +241,25 @@ def test_bad_config_exits_2_with_one_line_naming_the_key(
     assert len(lines) == 1, lines
     assert named in lines[0]
     assert not any(READY.match(line) for line in server.lines)
+
+
+@pytest.mark.parametrize(
+    ("env", "line"),
+    [
+        ({"TOKENSVC_SEVER_PORT": "8766"}, "unknown config variable TOKENSVC_SEVER_PORT: "),
+        ({"TOKENSVC_SERVER_PROT": "8766"}, "unknown config key TOKENSVC_SERVER_PROT"),
+        ({"TOKENSVC_SERVER_WORKERS": "two"}, "TOKENSVC_SERVER_WORKERS must be an integer"),
+    ],
+)
+def test_bad_env_var_exits_2_with_one_line_naming_it(
+    tmp_path: Path, start: Any, env: dict[str, str], line: str
+) -> None:
+    server = start("serve", "--port", "0", "--keys-dir", str(tmp_path / "keys"), env=env)
+    assert server.wait() == 2
+    lines = server.stderr().strip().splitlines()
+    assert len(lines) == 1, lines
+    assert lines[0].startswith(f"tokensvc: configuration error: {line}")
+    assert not (tmp_path / "keys").exists()  # stopped before anything was created
 
 
 def test_group_readable_key_file_exits_2(tmp_path: Path, start: Any) -> None:
